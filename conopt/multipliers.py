@@ -1,0 +1,275 @@
+r"""Lagrange multipliers as ordinary ``nn.Module``\ s with ``nn.Parameter`` weights.
+
+Any ``torch.optim`` optimizer built with ``maximize=True`` drives them (gradient *ascent* on the
+Lagrangian). After each dual step the constrained optimizer projects inequality multipliers onto
+:math:`\lambda \ge 0`.
+
+* :class:`DenseMultiplier`: one multiplier per entry of the constraint.
+* :class:`IndexedMultiplier`: one multiplier per index (for example per training sample), of
+  which each evaluation uses the rows named by :attr:`ConstraintState.indices
+  <conopt.problem.ConstraintState.indices>`. Its gradient is dense (zeros for unused rows), so
+  it works with Adam and with ``torch.distributed`` all-reduce.
+* :class:`ImplicitMultiplier`: a model predicting multipliers from features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from conopt.problem import ConstraintState
+
+
+class Multiplier(nn.Module):
+    """Base class of multipliers. A constraint calls :meth:`bind` once with its shape and kind."""
+
+    supports_restarts: ClassVar[bool] = True
+    """Whether :meth:`restart_` can reset individual entries (dual restarts)."""
+
+    explicit_gradient: ClassVar[bool] = True
+    """Whether the dual gradient is written by :meth:`add_dual_gradient_` in closed form
+    (``True``), rather than obtained by backpropagating through :meth:`value`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nonnegative = False
+        self.bound = False
+        self.constraint_shape = torch.Size()
+
+    def bind(self, constraint_shape: torch.Size, *, nonnegative: bool) -> None:
+        """Attach to a constraint of ``constraint_shape`` (an inequality if ``nonnegative``)."""
+        if self.bound:
+            raise ValueError(
+                f"this {type(self).__name__} already belongs to another constraint; "
+                "create one multiplier object per constraint."
+            )
+        self.bound = True
+        self.constraint_shape = torch.Size(constraint_shape)
+        self.nonnegative = nonnegative
+
+    def value(self, state: ConstraintState | None) -> torch.Tensor:
+        """The multiplier for one evaluation, shaped like ``state.value``.
+
+        ``state`` is ``None`` when the constraint's value was given as a plain tensor.
+        """
+        raise NotImplementedError
+
+    def expected_shape(self, state: ConstraintState) -> torch.Size:
+        """The shape ``state.value`` must have for this multiplier."""
+        raise NotImplementedError
+
+    def projection_targets(self) -> list[torch.Tensor]:
+        """Parameters to clamp at zero after each dual step (empty for equality multipliers)."""
+        return []
+
+    def add_dual_gradient_(self, state: ConstraintState | None, direction: torch.Tensor) -> None:
+        r"""Accumulate the ascent ``direction`` into the weight's gradient.
+
+        ``direction`` is shaped like the constraint's value, has the weight's dtype, and belongs
+        to the caller (it may become the gradient itself).
+
+        The gradient of :math:`\lambda^\top d` with respect to the multiplier's weight, written
+        directly: it keeps the multipliers out of the autograd graph, so a hundred constraints
+        add no hundred leaves to the backward pass.
+        """
+        raise NotImplementedError(f"{type(self).__name__} gets its gradient from autograd.")
+
+    def restart_(
+        self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Set the multipliers of strictly ``feasible`` entries, and their optimizer state, to 0."""
+        raise NotImplementedError(f"{type(self).__name__} does not support dual restarts.")
+
+
+def _initial_weight(shape: torch.Size, init: float | torch.Tensor) -> torch.Tensor:
+    weight = torch.empty(shape, dtype=torch.get_default_dtype())
+    with torch.no_grad():
+        weight.copy_(torch.as_tensor(init, dtype=weight.dtype).expand(shape))
+    return weight
+
+
+def _same_shape_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    """Per-entry state tensors (momentum, moments, ...) of ``param`` in ``optimizer``."""
+    return [
+        buffer
+        for buffer in optimizer.state.get(param, {}).values()
+        if isinstance(buffer, torch.Tensor) and buffer.shape == param.shape
+    ]
+
+
+class DenseMultiplier(Multiplier):
+    r"""One multiplier per entry of the constraint: :math:`\lambda \in \mathbb{R}^{shape}`.
+
+    Args:
+        shape: The multiplier's shape; defaults to the constraint's shape at binding.
+        init: Initial value (a number or a tensor broadcastable to the shape). Inequality
+            multipliers must start non-negative.
+
+    Example:
+        >>> import conopt
+        >>> c = conopt.Constraint("<=", shape=2, multiplier=conopt.DenseMultiplier(init=0.5))
+        >>> c.multiplier.weight.tolist()
+        [0.5, 0.5]
+    """
+
+    def __init__(
+        self, shape: int | Sequence[int] | None = None, *, init: float | torch.Tensor = 0.0
+    ) -> None:
+        super().__init__()
+        self._requested_shape = (
+            None if shape is None else torch.Size((shape,) if isinstance(shape, int) else shape)
+        )
+        self._init = init
+        self.weight = nn.Parameter(_initial_weight(self._requested_shape or torch.Size(), init))
+
+    def bind(self, constraint_shape: torch.Size, *, nonnegative: bool) -> None:  # noqa: D102
+        if self._requested_shape is not None and self._requested_shape != constraint_shape:
+            raise ValueError(
+                f"DenseMultiplier shape {tuple(self._requested_shape)} differs from the "
+                f"constraint's shape {tuple(constraint_shape)}."
+            )
+        super().bind(constraint_shape, nonnegative=nonnegative)
+        if self.weight.shape != constraint_shape:
+            self.weight = nn.Parameter(_initial_weight(constraint_shape, self._init))
+        if nonnegative and bool((self.weight < 0).any()):
+            raise ValueError("An inequality multiplier must be initialized non-negative.")
+
+    def value(self, state: ConstraintState | None) -> torch.Tensor:  # noqa: D102
+        return self._parameters["weight"]  # type: ignore[return-value] - hot path, no __getattr__
+
+    def expected_shape(self, state: ConstraintState) -> torch.Size:  # noqa: D102
+        return self.constraint_shape
+
+    def projection_targets(self) -> list[torch.Tensor]:  # noqa: D102
+        return [self.weight] if self.nonnegative else []
+
+    def add_dual_gradient_(  # noqa: D102
+        self, state: ConstraintState | None, direction: torch.Tensor
+    ) -> None:
+        weight = self._parameters["weight"]
+        assert weight is not None
+        if weight.grad is None:
+            weight.grad = direction
+        else:
+            weight.grad.add_(direction)
+
+    def restart_(  # noqa: D102
+        self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
+        with torch.no_grad():
+            for tensor in [self.weight, *_same_shape_state(optimizer, self.weight)]:
+                tensor.masked_fill_(feasible, 0.0)
+
+
+class IndexedMultiplier(Multiplier):
+    r"""One multiplier per index, e.g. per training sample: :math:`\lambda_i` for constraint i.
+
+    The constraint's value for a batch has shape ``(len(indices), *constraint_shape)`` and
+    :attr:`~conopt.problem.ConstraintState.indices` names the rows. The gradient of
+    ``weight`` is dense (zeros on rows not in the batch), so any optimizer (Adam included) and
+    ``torch.distributed`` all-reduce work on it. Note that optimizers with momentum keep moving
+    rows whose gradient is zero in a given step, exactly as they would for any parameter.
+
+    Args:
+        num_indices: How many multipliers (e.g. the dataset's size).
+        init: Initial value of every multiplier.
+
+    Example:
+        >>> import torch, conopt
+        >>> c = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(10))
+        >>> state = conopt.ConstraintState(torch.zeros(3), indices=torch.tensor([0, 4, 9]))
+        >>> c.multiplier.value(state).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, num_indices: int, *, init: float = 0.0) -> None:
+        super().__init__()
+        if num_indices <= 0:
+            raise ValueError(f"IndexedMultiplier needs num_indices > 0, got {num_indices}.")
+        self.num_indices = num_indices
+        self._init = init
+        self.weight = nn.Parameter(_initial_weight(torch.Size((num_indices,)), init))
+
+    def bind(self, constraint_shape: torch.Size, *, nonnegative: bool) -> None:  # noqa: D102
+        super().bind(constraint_shape, nonnegative=nonnegative)
+        shape = torch.Size((self.num_indices, *constraint_shape))
+        if self.weight.shape != shape:
+            self.weight = nn.Parameter(_initial_weight(shape, self._init))
+        if nonnegative and self._init < 0:
+            raise ValueError("An inequality multiplier must be initialized non-negative.")
+
+    def _indices(self, state: ConstraintState | None) -> torch.Tensor:
+        if state is None or state.indices is None:
+            raise ValueError("an IndexedMultiplier needs ConstraintState(indices=...).")
+        return state.indices
+
+    def value(self, state: ConstraintState | None) -> torch.Tensor:  # noqa: D102
+        return self.weight.index_select(0, self._indices(state).reshape(-1))
+
+    def expected_shape(self, state: ConstraintState) -> torch.Size:  # noqa: D102
+        return torch.Size((self._indices(state).numel(), *self.constraint_shape))
+
+    def projection_targets(self) -> list[torch.Tensor]:  # noqa: D102
+        return [self.weight] if self.nonnegative else []
+
+    def add_dual_gradient_(  # noqa: D102
+        self, state: ConstraintState | None, direction: torch.Tensor
+    ) -> None:
+        rows = self._indices(state).reshape(-1)
+        if self.weight.grad is None:
+            self.weight.grad = torch.zeros_like(self.weight)
+        direction = direction.to(self.weight.dtype).reshape(rows.numel(), *self.constraint_shape)
+        self.weight.grad.index_add_(0, rows, direction)
+
+    def restart_(  # noqa: D102
+        self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
+        rows = self._indices(state).reshape(-1)
+        with torch.no_grad():
+            for tensor in [self.weight, *_same_shape_state(optimizer, self.weight)]:
+                tensor.index_put_((rows,), tensor.index_select(0, rows).masked_fill(feasible, 0.0))
+
+
+class ImplicitMultiplier(Multiplier):
+    r"""Multipliers predicted by a model from features: :math:`\lambda = m_\phi(x)`.
+
+    Useful for per-sample constraints over datasets too large for one multiplier per sample.
+    The dual optimizer drives the model's parameters :math:`\phi` (``maximize=True``). For
+    inequality constraints the prediction passes through a ReLU, so multipliers are never
+    negative. Dual restarts do not apply (there is no per-entry multiplier to reset).
+
+    Args:
+        model: Maps ``ConstraintState.features`` (batch first) to values of shape
+            ``(batch, *constraint_shape)``.
+
+    Example:
+        >>> import torch, conopt
+        >>> m = conopt.ImplicitMultiplier(torch.nn.Linear(4, 1, bias=False))
+        >>> c = conopt.Constraint("<=", shape=1, multiplier=m)
+        >>> state = conopt.ConstraintState(torch.zeros(8, 1), features=torch.randn(8, 4))
+        >>> bool((c.multiplier.value(state) >= 0).all())
+        True
+    """
+
+    supports_restarts: ClassVar[bool] = False
+    explicit_gradient: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _features(self, state: ConstraintState | None) -> torch.Tensor:
+        if state is None or state.features is None:
+            raise ValueError("an ImplicitMultiplier needs ConstraintState(features=...).")
+        return state.features
+
+    def value(self, state: ConstraintState | None) -> torch.Tensor:  # noqa: D102
+        prediction = self.model(self._features(state))
+        return torch.relu(prediction) if self.nonnegative else prediction
+
+    def expected_shape(self, state: ConstraintState) -> torch.Size:  # noqa: D102
+        return torch.Size((self._features(state).shape[0], *self.constraint_shape))

@@ -1,0 +1,313 @@
+r"""Assemble one step's Lagrangian from a :class:`~conopt.problem.ProblemState`.
+
+Constraints that share a formulation class and a kind are concatenated and handled by one
+vectorized expression, so the cost of a step grows with the number of constraint *groups*, not
+of constraints. The assembled scalar has
+
+* the value of the Lagrangian :math:`f + \sum_i \text{term}_i(\lambda_i, g_i)`;
+* the gradient :math:`\nabla_\theta f + \sum_i \lambda_i \nabla_\theta g_i` (multipliers
+  detached) with respect to the primal parameters;
+* the gradient :math:`d_i` (the formulation's dual direction, values detached) with respect to
+  each multiplier,
+
+so one backward pass yields both players' gradients (see
+:meth:`~conopt.formulations.Formulation.lagrangian_term`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from conopt.diagnostics import GroupRecord
+from conopt.formulations import Formulation
+from conopt.multipliers import DenseMultiplier, Multiplier
+from conopt.problem import ConstrainedProblem, Constraint, ConstraintState, ProblemState
+
+
+class NonFiniteError(ValueError):
+    """A loss or constraint value is NaN or infinite; the step was refused before any change."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What the hot path needs of a registered constraint, read once (no module lookups)."""
+
+    constraint: Constraint
+    name: str
+    multiplier: Multiplier | None
+    formulation: Formulation
+    group_key: tuple[type[Formulation], bool]
+    fixed_shape: torch.Size | None  # the value's shape when it does not depend on the state
+    explicit: bool  # the multiplier's gradient is written in closed form, not by autograd
+    penalized: bool  # the formulation has a penalty growth rule
+
+
+@dataclass
+class ConstraintGroup:
+    """Constraints of one formulation class and kind, evaluated in one step."""
+
+    formulation: type[Formulation]
+    inequality: bool
+    entries: list[_Entry] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    states: list[ConstraintState | None] = field(default_factory=list)
+    has_strict: bool = False
+    strict_values: torch.Tensor | None = None
+    multipliers: torch.Tensor | None = None
+    direction: torch.Tensor | None = None  # closed-form dual gradient of explicit multipliers
+
+    def write_dual_gradients(self) -> None:
+        """Accumulate :attr:`direction` into the explicit multipliers' gradients."""
+        if self.direction is None:
+            return
+        # A copy owned here: the direction may alias the user's constraint values, and the
+        # gradients written below are accumulated into in place by later steps.
+        assert self.multipliers is not None
+        direction = self.direction.to(self.multipliers.dtype, copy=True)
+        if len(self.entries) == 1:
+            parts: Sequence[torch.Tensor] = [direction.view(self.values[0].shape)]
+        elif self.values[0].dim() == 0 and direction.numel() == len(self.entries):
+            parts = direction.unbind()  # all scalars: one call, no per-constraint reshape
+        else:
+            parts = [
+                part.view(value.shape)
+                for part, value in zip(direction.split(self.sizes), self.values, strict=True)
+            ]
+        for entry, state, part in zip(self.entries, self.states, parts, strict=True):
+            if entry.explicit:
+                entry.multiplier.add_dual_gradient_(state, part)  # type: ignore[union-attr]
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        """The group's constraints, in the order of the state."""
+        return [e.constraint for e in self.entries]
+
+    @property
+    def sizes(self) -> list[int]:
+        """Number of entries of each constraint's value."""
+        return [v.numel() for v in self.values]
+
+    def state(self, i: int) -> ConstraintState:
+        """The :class:`ConstraintState` of the ``i``-th constraint (built for plain tensors)."""
+        return self.states[i] or ConstraintState(self.values[i])
+
+    def strict(self, i: int) -> torch.Tensor:
+        """The dual value of the ``i``-th constraint."""
+        state = self.states[i]
+        return self.values[i] if state is None else state.dual_value
+
+
+@dataclass
+class AssembledLagrangian:
+    """The result of :func:`assemble`: the scalar to differentiate and what the step needs."""
+
+    objective: torch.Tensor
+    loss: torch.Tensor
+    groups: list[ConstraintGroup]
+    records: list[GroupRecord]
+
+
+class ConstraintIndex:
+    """Resolves the keys of a :class:`ProblemState` (constraints or names) to constraints."""
+
+    def __init__(self, problem: ConstrainedProblem) -> None:
+        self.by_name: dict[str, Constraint] = dict(problem.named_constraints())
+        self.entries: dict[Constraint | str, _Entry] = {}
+        for name, constraint in self.by_name.items():
+            multiplier = constraint.multiplier
+            fixed = (
+                None
+                if multiplier is not None and not isinstance(multiplier, DenseMultiplier)
+                else constraint.shape
+            )
+            entry = _Entry(
+                constraint=constraint,
+                name=name,
+                multiplier=multiplier,
+                formulation=constraint.formulation,
+                group_key=(type(constraint.formulation), constraint.is_inequality),
+                fixed_shape=fixed,
+                explicit=multiplier is not None and multiplier.explicit_gradient,
+                penalized=getattr(constraint.formulation, "penalty_update", None) is not None,
+            )
+            self.entries[constraint] = self.entries[name] = entry
+
+    def resolve(self, key: Constraint | str) -> _Entry:
+        """The registered entry for ``key``, or a ValueError naming it."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            return entry
+        if isinstance(key, Constraint):
+            raise ValueError(
+                f"the ProblemState holds a constraint ({key.kind!r}, shape {tuple(key.shape)}) "
+                f"that is not registered in the problem; registered: {sorted(self.by_name)}."
+            )
+        raise ValueError(
+            f"the ProblemState names an unknown constraint {key!r}; registered: "
+            f"{sorted(self.by_name)}."
+        )
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate flattened tensors (one tensor is returned as it is)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    try:
+        return torch.stack(tensors).reshape(-1)  # one autograd node when the shapes agree
+    except RuntimeError:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
+    if raw.strict_value is not None and raw.strict_value.shape != raw.value.shape:
+        raise ValueError(
+            f"constraint {entry.name!r}: strict_value has shape {tuple(raw.strict_value.shape)}, "
+            f"but value has shape {tuple(raw.value.shape)}."
+        )
+    if entry.fixed_shape is None:
+        assert entry.multiplier is not None
+        expected = entry.multiplier.expected_shape(raw)
+        if raw.value.shape != expected:
+            raise ValueError(
+                f"constraint {entry.name!r}: value has shape {tuple(raw.value.shape)}, "
+                f"expected {tuple(expected)}."
+            )
+    return raw
+
+
+def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[ConstraintGroup]:
+    """Validate the state's constraint values and group them by formulation class and kind."""
+    if not isinstance(state, ProblemState):
+        raise TypeError(f"expected a conopt.ProblemState, got {type(state).__name__}.")
+    if not isinstance(state.loss, torch.Tensor) or state.loss.dim() != 0:
+        raise ValueError("the loss must be a scalar tensor.")
+    groups: dict[tuple[type[Formulation], bool], ConstraintGroup] = {}
+    for key, raw in state.constraints.items():
+        entry = index.resolve(key)
+        cstate: ConstraintState | None = None
+        if isinstance(raw, torch.Tensor):
+            value = raw
+        elif isinstance(raw, ConstraintState):
+            cstate = _validated_state(entry, raw)
+            value = raw.value
+        else:
+            raise TypeError(
+                f"constraint {entry.name!r}: expected a tensor or a ConstraintState, got "
+                f"{type(raw).__name__}."
+            )
+        if entry.fixed_shape is not None and value.shape != entry.fixed_shape:
+            raise ValueError(
+                f"constraint {entry.name!r}: value has shape {tuple(value.shape)}, "
+                f"expected {tuple(entry.fixed_shape)}."
+            )
+        group = groups.get(entry.group_key)
+        if group is None:
+            group = groups[entry.group_key] = ConstraintGroup(*entry.group_key)
+        group.entries.append(entry)
+        group.values.append(value)
+        group.states.append(cstate)
+        group.has_strict = group.has_strict or (
+            cstate is not None and cstate.strict_value is not None
+        )
+    return list(groups.values())
+
+
+def _raise_nonfinite(state: ProblemState, groups: list[ConstraintGroup]) -> None:
+    if not bool(torch.isfinite(state.loss)):
+        raise NonFiniteError(f"the loss is not finite ({float(state.loss)}); the step was refused.")
+    for group in groups:
+        for i, entry in enumerate(group.entries):
+            for label, tensor in (("value", group.values[i]), ("strict value", group.strict(i))):
+                if not bool(torch.isfinite(tensor).all()):
+                    raise NonFiniteError(
+                        f"constraint {entry.name!r}: its {label} contains NaN or Inf; "
+                        "the step was refused."
+                    )
+    raise NonFiniteError("the Lagrangian overflowed (is not finite); the step was refused.")
+
+
+def _coefficients(group: ConstraintGroup, device: torch.device) -> torch.Tensor | None:
+    rhos = [e.formulation.coefficient() for e in group.entries]
+    if rhos[0] is None:
+        return None
+    return _flat(
+        [r.to(device).expand(v.shape) for r, v in zip(rhos, group.values, strict=True)]  # type: ignore[union-attr]
+    )
+
+
+def _multipliers(group: ConstraintGroup) -> torch.Tensor:
+    """The group's multipliers; only those without a closed-form gradient carry autograd."""
+    entries, states = group.entries, group.states
+    if all(e.explicit for e in entries):
+        with torch.no_grad():
+            return _flat([e.multiplier.value(s) for e, s in zip(entries, states, strict=True)])  # type: ignore[union-attr]
+    return _flat(
+        [
+            e.multiplier.value(s).detach() if e.explicit else e.multiplier.value(s)  # type: ignore[union-attr]
+            for e, s in zip(entries, states, strict=True)
+        ]
+    )
+
+
+def assemble(
+    state: ProblemState, index: ConstraintIndex, *, check_finite: bool = True
+) -> AssembledLagrangian:
+    """Build the step's differentiable Lagrangian (see the module docstring).
+
+    The closed-form dual gradients of explicit multipliers are accumulated into their
+    ``.grad`` here, once the state is validated; the backward pass of the returned objective
+    adds the primal gradients (and those of implicit multipliers).
+
+    Raises:
+        NonFiniteError: A loss or constraint value is NaN/Inf (when ``check_finite``); nothing
+            has been changed.
+        ValueError: A constraint is unregistered or its value has the wrong shape.
+    """
+    groups = group_constraints(state, index)
+    objective = state.loss
+    unchecked: list[torch.Tensor] = []  # values that do not reach the objective's value
+    records: list[GroupRecord] = []
+    for group in groups:
+        values = _flat(group.values)
+        values = values.to(torch.promote_types(values.dtype, torch.float32))
+        strict = None
+        if group.has_strict:
+            strict = _flat([group.strict(i) for i in range(len(group.values))]).detach()
+            strict = strict.to(values.dtype)
+        group.strict_values = values.detach() if strict is None else strict
+        multipliers = None
+        if group.formulation.uses_multiplier:
+            multipliers = _multipliers(group)
+            group.multipliers = multipliers.detach()
+        else:
+            unchecked += [values.detach().sum(), group.strict_values.sum()]
+        rho = _coefficients(group, values.device)
+        term = group.formulation.lagrangian_term(multipliers, values, strict, rho, group.inequality)
+        objective = objective + term.sum()
+        if any(e.explicit for e in group.entries):
+            group.direction = group.formulation.dual_direction(group.strict_values, rho)
+        records.append(
+            GroupRecord(
+                inequality=group.inequality,
+                names=[e.name for e in group.entries],
+                shapes=[v.shape for v in group.values],
+                values=values.detach(),
+                strict_values=group.strict_values,
+                multipliers=group.multipliers,
+            )
+        )
+    if check_finite:
+        checked = objective.detach()
+        if unchecked:
+            checked = checked + torch.stack(unchecked).sum()
+        if not math.isfinite(float(checked)):
+            _raise_nonfinite(state, groups)
+    for group in groups:
+        group.write_dual_gradients()
+    return AssembledLagrangian(
+        objective=objective, loss=state.loss.detach(), groups=groups, records=records
+    )

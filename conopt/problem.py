@@ -1,0 +1,210 @@
+r"""Constrained problems: constraints, the values a problem reports, and the problem container.
+
+A problem is written as
+
+.. math::
+
+    \min_\theta f(\theta) \quad \text{s.t.} \quad g(\theta) \le 0, \; h(\theta) = 0,
+
+with :class:`Constraint` objects declared as attributes of a :class:`ConstrainedProblem`
+(kind ``"<="`` for :math:`g` and ``"=="`` for :math:`h`). The problem's ``evaluate`` method
+returns a :class:`ProblemState` with the loss and each constraint's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from conopt.formulations import Formulation, Lagrangian
+from conopt.multipliers import DenseMultiplier, Multiplier
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+ConstraintKind = Literal["<=", "=="]
+r"""``"<="`` declares an inequality :math:`g \le 0`; ``"=="`` an equality :math:`h = 0`."""
+
+ConstraintReduction = Literal["mean", "sum"] | None
+"""How a constraint's value is combined across data-parallel ranks before the dual update."""
+
+_KINDS: tuple[str, ...] = ("<=", "==")
+
+
+class Constraint(nn.Module):
+    """A named constraint of a :class:`ConstrainedProblem`: kind, shape, formulation, multiplier.
+
+    Declare constraints as attributes of a problem; the attribute path becomes the constraint's
+    :attr:`name`. The value reported for a constraint follows the convention ``g(x) <= 0`` for
+    inequalities and ``h(x) = 0`` for equalities.
+
+    Args:
+        kind: ``"<="`` (inequality) or ``"=="`` (equality).
+        shape: The shape of the constraint's value; an int is a vector length, ``()`` a scalar.
+            With an :class:`~conopt.multipliers.IndexedMultiplier` or an
+            :class:`~conopt.multipliers.ImplicitMultiplier` it is the shape of one sample's value.
+        formulation: How the constraint enters the Lagrangian. Defaults to a new
+            :class:`~conopt.formulations.Lagrangian`.
+        multiplier: The Lagrange multiplier. Defaults to a zero-initialized
+            :class:`~conopt.multipliers.DenseMultiplier` of ``shape`` when the formulation uses
+            multipliers, and to none otherwise.
+        reduction: How values computed from each rank's data are combined across
+            ``torch.distributed`` ranks before the dual update: ``"mean"`` (default, right for
+            data-dependent constraints and harmless for parameter-only ones) or ``"sum"``;
+            ``None`` declares a constraint that depends on parameters only (no communication).
+
+    Example:
+        >>> import conopt
+        >>> c = conopt.Constraint("<=", shape=3)
+        >>> c.kind, tuple(c.shape), type(c.multiplier).__name__
+        ('<=', (3,), 'DenseMultiplier')
+    """
+
+    def __init__(
+        self,
+        kind: ConstraintKind,
+        shape: int | Sequence[int] | torch.Size = (),
+        *,
+        formulation: Formulation | None = None,
+        multiplier: Multiplier | None = None,
+        reduction: ConstraintReduction = "mean",
+    ) -> None:
+        super().__init__()
+        if kind not in _KINDS:
+            raise ValueError(f"Constraint kind must be '<=' or '==', got {kind!r}.")
+        if reduction not in ("mean", "sum", None):
+            raise ValueError(
+                f"Constraint reduction must be 'mean', 'sum' or None, got {reduction!r}."
+            )
+        self.kind: ConstraintKind = kind
+        self.shape = torch.Size((shape,) if isinstance(shape, int) else tuple(shape))
+        if any(s < 0 for s in self.shape):
+            raise ValueError(f"Constraint shape must be non-negative, got {tuple(self.shape)}.")
+        self.reduction: ConstraintReduction = reduction
+        self.formulation = formulation if formulation is not None else Lagrangian()
+        if not isinstance(self.formulation, Formulation):
+            raise TypeError(
+                f"formulation must be a conopt Formulation, got {type(self.formulation).__name__}."
+            )
+        self.formulation.bind(self.shape)
+        if self.formulation.uses_multiplier:
+            if multiplier is None:
+                multiplier = DenseMultiplier(self.shape)
+            if not isinstance(multiplier, Multiplier):
+                raise TypeError(
+                    f"multiplier must be a conopt Multiplier, got {type(multiplier).__name__}."
+                )
+            multiplier.bind(self.shape, nonnegative=kind == "<=")
+        elif multiplier is not None:
+            raise ValueError(
+                f"{type(self.formulation).__name__} uses no multiplier, but one was given."
+            )
+        self.multiplier: Multiplier | None = multiplier
+        self.name: str = "<unregistered>"
+
+    @property
+    def is_inequality(self) -> bool:
+        """Whether this is an inequality constraint ``g(x) <= 0``."""
+        return self.kind == "<="
+
+    def extra_repr(self) -> str:
+        """Kind and shape, for ``print(problem)``."""
+        return f"{self.kind!r}, shape={tuple(self.shape)}"
+
+
+@dataclass(frozen=True)
+class ConstraintState:
+    """One evaluation of a constraint.
+
+    Args:
+        value: The (differentiable) value of the constraint, used for the primal step.
+        strict_value: For proxy constraints: the true, possibly non-differentiable, value used
+            for the dual step, dual restarts and the KKT report. Defaults to ``value``.
+        indices: For an :class:`~conopt.multipliers.IndexedMultiplier`: the index of each
+            entry's multiplier (for example the sample indices of the batch).
+        features: For an :class:`~conopt.multipliers.ImplicitMultiplier`: the input of the
+            multiplier model.
+    """
+
+    value: torch.Tensor
+    strict_value: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    @property
+    def dual_value(self) -> torch.Tensor:
+        """The value that drives the dual update: ``strict_value`` when given, else ``value``."""
+        return self.value if self.strict_value is None else self.strict_value
+
+
+@dataclass(frozen=True)
+class ProblemState:
+    """What one evaluation of a problem returns: the loss, the constraints' values, extras.
+
+    Args:
+        loss: The scalar objective :math:`f`.
+        constraints: Each constraint's value, keyed by the :class:`Constraint` object (or its
+            name); a plain tensor or a :class:`ConstraintState` (for proxy, indexed or implicit
+            constraints). Constraints left out are not updated in that step.
+        extras: Anything else to carry along (predictions, metrics); never used by conopt.
+    """
+
+    loss: torch.Tensor
+    constraints: Mapping[Constraint | str, torch.Tensor | ConstraintState] = field(
+        default_factory=dict
+    )
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ConstrainedProblem(nn.Module):
+    """Base class of constrained problems: subclass it, declare constraints, write ``evaluate``.
+
+    Constraints are found wherever they are registered as sub-modules (attributes, or inside an
+    ``nn.ModuleDict``/``nn.ModuleList``), and named by their attribute path. The problem's
+    ``state_dict()`` holds every multiplier and penalty coefficient.
+
+    Example:
+        >>> import torch, conopt
+        >>> class Budget(conopt.ConstrainedProblem):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.total = conopt.Constraint("<=")
+        ...     def evaluate(self, x):
+        ...         g = 1 - x.sum()
+        ...         return conopt.ProblemState(loss=(x**2).sum(), constraints={self.total: g})
+        >>> [name for name, _ in Budget().named_constraints()]
+        ['total']
+    """
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> ProblemState:
+        """Compute the loss and the constraints' values. Subclasses must override this."""
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate().")
+
+    def forward(self, *args: Any, **kwargs: Any) -> ProblemState:
+        """Alias of :meth:`evaluate`, so that ``problem(x)`` works like any module."""
+        return self.evaluate(*args, **kwargs)
+
+    def named_constraints(self) -> Iterator[tuple[str, Constraint]]:
+        """Yield ``(name, constraint)`` for every registered constraint, in declaration order.
+
+        Also sets each constraint's :attr:`Constraint.name` to its attribute path.
+        """
+        for name, module in self.named_modules():
+            if isinstance(module, Constraint):
+                module.name = name
+                yield name, module
+
+    def constraints(self) -> Iterator[Constraint]:
+        """Yield every registered constraint, in declaration order."""
+        for _, constraint in self.named_constraints():
+            yield constraint
+
+    def dual_parameters(self) -> Iterator[nn.Parameter]:
+        """Yield the parameters of every constraint's multiplier: what the dual optimizer drives."""
+        for constraint in self.constraints():
+            if constraint.multiplier is not None:
+                yield from constraint.multiplier.parameters()
