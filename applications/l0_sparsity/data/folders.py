@@ -1,0 +1,301 @@
+"""Image-folder datasets loaded lazily with Pillow: TinyImageNet and ImageNet.
+
+Layouts:
+
+* TinyImageNet (``tiny-imagenet-200``): ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG``
+  and ``val/val_annotations.txt`` (``file<TAB>wnid<TAB>bbox…``); the labelled ``val`` split is
+  the test set. Classes are the sorted wnids.
+* ImageNet (ImageFolder layout): ``train/<class>/*.JPEG`` and ``val/<class>/*.JPEG``; classes
+  are the sorted ``train`` sub-folders.
+
+A sample can be fetched as ``dataset[i]`` (global RNG for the augmentation) or as
+``dataset[(i, seed)]``, which seeds the augmentation from ``seed``: the samplers of
+:mod:`l0_sparsity.data.loaders` pass such pairs so augmentations do not depend on the number of
+workers and repeat exactly when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .base import DatasetFormatError, DatasetInfo, missing_files_error, mix_seed, stratified_subset
+from .sources import DEFAULT_DATA_ROOT
+from .transforms import ImageEvalTransform, ImageTrainTransform
+
+__all__ = [
+    "IMAGENET_STATS",
+    "IMAGE_EXTENSIONS",
+    "ImageFileDataset",
+    "build_imagenet",
+    "build_tinyimagenet",
+]
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""ImageNet per-channel mean/std, also used for TinyImageNet (a subset of ImageNet)."""
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"})
+"""File suffixes (lower case) recognized as images."""
+
+ImageTransform = Callable[[Image.Image, "torch.Generator | None"], Tensor]
+Split = tuple["ImageFileDataset", "ImageFileDataset", DatasetInfo]
+
+
+class ImageFileDataset(Dataset):
+    """Images on disk, decoded on access, with their labels.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        classes: Class names; ``classes[label]`` names a label.
+        transform: Maps a PIL RGB image (and an optional generator) to a tensor.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        transform: ImageTransform,
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.samples)
+
+    @property
+    def targets(self) -> Tensor:
+        """All labels as an ``int64`` tensor (no image is read)."""
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int, int]:
+        """Load sample ``key`` (an index, or ``(index, augmentation_seed)``).
+
+        Returns:
+            ``(image tensor, label, index)``.
+
+        Raises:
+            DatasetFormatError: If the file cannot be read or decoded.
+        """
+        generator = None
+        if isinstance(key, tuple):
+            index, seed = key
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+        else:
+            index = key
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as handle:
+                image = handle.convert("RGB")
+        except OSError as error:
+            raise DatasetFormatError(f"cannot decode image {path}: {error}") from error
+        return self.transform(image, generator), label, index
+
+    def subset(self, indices: Tensor) -> ImageFileDataset:
+        """A dataset with the given samples only (renumbered from 0).
+
+        Args:
+            indices: Indices to keep.
+
+        Returns:
+            The smaller dataset, same classes and transform.
+        """
+        return ImageFileDataset(
+            [self.samples[i] for i in indices.tolist()], self.classes, self.transform
+        )
+
+
+def _list_images(directory: Path) -> list[Path]:
+    with os.scandir(directory) as entries:
+        names = [
+            e.name
+            for e in entries
+            if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        ]
+    return [directory / name for name in sorted(names)]
+
+
+def _subdirectories(directory: Path) -> list[str]:
+    with os.scandir(directory) as entries:
+        return sorted(e.name for e in entries if e.is_dir())
+
+
+def _resolve(root: str | os.PathLike[str] | None, folder: str) -> tuple[Path, Path]:
+    """``(base, dataset_dir)``: ``root`` may be the dataset folder itself or its parent."""
+    base = Path(root) if root is not None else DEFAULT_DATA_ROOT
+    return base, (base if base.name == folder else base / folder)
+
+
+def _finish(
+    train: ImageFileDataset,
+    test: ImageFileDataset,
+    info: DatasetInfo,
+    subset: int | None,
+    test_subset: int | None,
+    seed: int,
+) -> Split:
+    if subset is not None:
+        train = train.subset(stratified_subset(train.targets, subset, mix_seed(seed, 0)))
+    if test_subset is not None:
+        test = test.subset(stratified_subset(test.targets, test_subset, mix_seed(seed, 1)))
+    return train, test, info
+
+
+def _transforms(
+    augment: bool, crop_size: int, resize_size: int
+) -> tuple[ImageTransform, ImageTransform]:
+    evaluation = ImageEvalTransform(crop_size, resize_size, *IMAGENET_STATS)
+    training = ImageTrainTransform(crop_size, *IMAGENET_STATS) if augment else evaluation
+    return training, evaluation
+
+
+def build_tinyimagenet(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    crop_size: int = 64,
+    resize_size: int | None = None,
+    augment: bool = True,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    subset_seed: int = 0,
+) -> Split:
+    """TinyImageNet (200 classes, 100k train / 10k val at 64×64), decoded lazily.
+
+    Training: random resized crop to ``crop_size`` + flip; evaluation: resize the shorter side
+    to ``resize_size`` (default ``crop_size``, i.e. no resizing of 64×64 images) + center crop.
+
+    Args:
+        root: ``tiny-imagenet-200`` itself or its parent (default ``./data``).
+        crop_size: Output side.
+        resize_size: Shorter side before the evaluation center crop.
+        augment: Use the random training pipeline (else the evaluation one) for ``train``.
+        subset: Keep only this many training images (stratified).
+        test_subset: Keep only this many test images (stratified).
+        subset_seed: Seed of the subsets.
+
+    Returns:
+        ``(train, test, info)``; ``test`` is the labelled ``val`` split.
+
+    Raises:
+        DatasetNotFoundError: If files are missing; :class:`DatasetFormatError` if malformed.
+    """
+    base, directory = _resolve(root, "tiny-imagenet-200")
+    annotations = directory / "val" / "val_annotations.txt"
+    expected = [directory / "train", directory / "val" / "images", annotations]
+    if not (expected[0].is_dir() and expected[1].is_dir() and annotations.is_file()):
+        raise missing_files_error(
+            "tinyimagenet",
+            [expected[0] / "<wnid>/images/*.JPEG", expected[1] / "*.JPEG", annotations],
+            "download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
+            f"{base}, which then holds tiny-imagenet-200/",
+        )
+    classes = _subdirectories(directory / "train")
+    if not classes:
+        raise DatasetFormatError(f"tinyimagenet: no class folders in {directory / 'train'}")
+    label_of = {wnid: label for label, wnid in enumerate(classes)}
+    train_samples: list[tuple[Path, int]] = []
+    for wnid, label in label_of.items():
+        images_dir = directory / "train" / wnid / "images"
+        files = _list_images(images_dir) if images_dir.is_dir() else []
+        if not files:
+            raise DatasetFormatError(f"tinyimagenet: no images in {images_dir}")
+        train_samples += [(path, label) for path in files]
+    present = set(os.listdir(directory / "val" / "images"))
+    test_samples: list[tuple[Path, int]] = []
+    for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in label_of or fields[0] not in present:
+            raise DatasetFormatError(
+                f"tinyimagenet: {annotations}:{number}: expected 'file<TAB>wnid' with an image "
+                f"in val/images and a wnid among train/, got {line!r}"
+            )
+        test_samples.append((directory / "val" / "images" / fields[0], label_of[fields[1]]))
+    training, evaluation = _transforms(augment, crop_size, resize_size or crop_size)
+    info = DatasetInfo("tinyimagenet", len(classes), 3, crop_size, *IMAGENET_STATS)
+    return _finish(
+        ImageFileDataset(train_samples, classes, training),
+        ImageFileDataset(test_samples, classes, evaluation),
+        info,
+        subset,
+        test_subset,
+        subset_seed,
+    )
+
+
+def build_imagenet(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    crop_size: int = 224,
+    resize_size: int = 256,
+    augment: bool = True,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    subset_seed: int = 0,
+) -> Split:
+    """ImageNet (or any ImageFolder tree with ``train/`` and ``val/``), decoded lazily.
+
+    Training: random resized crop to ``crop_size`` (area 8–100 %, ratio 3/4–4/3) + flip;
+    evaluation: resize the shorter side to ``resize_size`` + center crop ``crop_size``.
+
+    Args:
+        root: Directory holding ``train/`` and ``val/`` (default ``./data/imagenet``).
+        crop_size: Output side.
+        resize_size: Shorter side before the evaluation center crop.
+        augment: Use the random training pipeline (else the evaluation one) for ``train``.
+        subset: Keep only this many training images (stratified).
+        test_subset: Keep only this many test images (stratified).
+        subset_seed: Seed of the subsets.
+
+    Returns:
+        ``(train, test, info)``; ``test`` is the ``val`` split.
+
+    Raises:
+        DatasetNotFoundError: If folders are missing; :class:`DatasetFormatError` if malformed.
+    """
+    directory = Path(root) if root is not None else DEFAULT_DATA_ROOT / "imagenet"
+    train_dir, val_dir = directory / "train", directory / "val"
+    if not (train_dir.is_dir() and val_dir.is_dir()):
+        raise missing_files_error(
+            "imagenet",
+            [train_dir / "<class>/*.JPEG", val_dir / "<class>/*.JPEG"],
+            "download ILSVRC2012 from https://image-net.org, extract train and val into "
+            f"{directory}, and sort val images into one folder per class (val/<wnid>/)",
+        )
+    classes = _subdirectories(train_dir)
+    val_classes = _subdirectories(val_dir)
+    if not classes or not val_classes or not set(val_classes) <= set(classes):
+        raise DatasetFormatError(
+            f"imagenet: expected class folders in {train_dir} and a subset of them in {val_dir} "
+            f"(found {len(classes)} and {len(val_classes)}); a flat val/ must be sorted into "
+            "val/<wnid>/ folders first"
+        )
+    label_of = {name: label for label, name in enumerate(classes)}
+
+    def scan(split_dir: Path, names: list[str]) -> list[tuple[Path, int]]:
+        samples: list[tuple[Path, int]] = []
+        for name in names:
+            files = _list_images(split_dir / name)
+            if not files:
+                raise DatasetFormatError(f"imagenet: no images in {split_dir / name}")
+            samples += [(path, label_of[name]) for path in files]
+        return samples
+
+    training, evaluation = _transforms(augment, crop_size, resize_size)
+    info = DatasetInfo("imagenet", len(classes), 3, crop_size, *IMAGENET_STATS)
+    return _finish(
+        ImageFileDataset(scan(train_dir, classes), classes, training),
+        ImageFileDataset(scan(val_dir, val_classes), classes, evaluation),
+        info,
+        subset,
+        test_subset,
+        subset_seed,
+    )
