@@ -15,6 +15,7 @@ from conopt.formulations import (
     QuadraticPenalty,
 )
 from conopt.multipliers import DenseMultiplier, ImplicitMultiplier, IndexedMultiplier, Multiplier
+from conopt.optim.alm import SolveResult, solve
 from conopt.problem import ConstrainedProblem, Constraint, ConstraintState, ProblemState
 
 __version__ = "0.1.0"
@@ -35,6 +36,8 @@ __all__ = [
     "Multiplier",
     "ProblemState",
     "QuadraticPenalty",
+    "SolveResult",
     "StepReport",
     "optim",
+    "solve",
 ]

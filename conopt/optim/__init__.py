@@ -1,5 +1,6 @@
 """Constrained optimizers and the torch optimizers they use for the dual player."""
 
+from conopt.optim.alm import SolveResult, solve
 from conopt.optim.constrained import (
     AlternatingGDA,
     Closure,
@@ -25,5 +26,7 @@ __all__ = [
     "ExtrapolationMixin",
     "NonFiniteError",
     "SimultaneousGDA",
+    "SolveResult",
     "nuPI",
+    "solve",
 ]

@@ -123,6 +123,13 @@ class ConstrainedOptimizer:
             if c.multiplier is not None
             for t in c.multiplier.projection_targets()
         ]
+        multipliers = [
+            c.multiplier for c in self._index.by_name.values() if c.multiplier is not None
+        ]
+        self._explicit_dual_parameters = [
+            p for m in multipliers if m.explicit_gradient for p in m.parameters()
+        ]
+        self._has_implicit_multipliers = any(not m.explicit_gradient for m in multipliers)
         self._pending: AssembledLagrangian | None = None
         self._last_gradient: GradientNorm | None = None
         self._pending_skip = False
@@ -214,9 +221,15 @@ class ConstrainedOptimizer:
     def _dual_step(self, assembled: AssembledLagrangian, scaler: GradScaler | None = None) -> None:
         """Dual step from the multipliers' gradients, then projection, restarts, penalties."""
         if self.dual_optimizer is not None:
-            if scaler is None:
+            if scaler is None or not self._has_implicit_multipliers:
+                # Closed-form dual gradients never went through the scaled backward pass.
                 self.dual_optimizer.step()
             else:
+                # Bring the closed-form gradients to the scale of the implicit multipliers'
+                # (backpropagated) ones, so that the scaler unscales them all alike.
+                grads = [p.grad for p in self._explicit_dual_parameters if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, scaler.get_scale())
                 scaler.step(self.dual_optimizer)
             self._project()
             if self.dual_restarts:
@@ -433,7 +446,12 @@ class AlternatingGDA(ConstrainedOptimizer):
         self._primal_step()
         with torch.no_grad():
             second_state = closure()
-        second = self._assemble(second_state)
+        try:
+            second = self._assemble(second_state)
+        except NonFiniteError:  # the new point is not finite: undo the primal step, then raise
+            with torch.no_grad():
+                torch._foreach_copy_(self._primal_parameters(), candidate)
+            raise
         if second is None:  # the new point is not finite: undo the primal step
             with torch.no_grad():
                 torch._foreach_copy_(self._primal_parameters(), candidate)
@@ -452,7 +470,8 @@ class AlternatingGDA(ConstrainedOptimizer):
                 assembled.objective, multipliers, retain_graph=True, allow_unused=True
             )
             for p, g in zip(multipliers, grads, strict=True):
-                p.grad = g
+                if g is not None:  # None for explicit multipliers: assemble wrote their gradient
+                    p.grad = g
         self._dual_step(assembled)
         rebuilt = assemble(state, self._index, check_finite=False)
         rebuilt.objective.backward()

@@ -25,6 +25,7 @@ import torch
 
 from conopt.diagnostics import StepReport
 from conopt.optim.constrained import Closure, ConstrainedOptimizer
+from conopt.optim.lagrangian import NonFiniteError
 
 _ORIGIN = "extrapolation_origin"
 
@@ -118,9 +119,14 @@ class Extragradient(ConstrainedOptimizer):
             optimizer.extrapolation()
         self._project()
 
-        self.zero_grad()
+        for optimizer in self._players():  # keeps the first point's gradients for stationarity
+            optimizer.zero_grad()
         extrapolated_state = closure()
-        second = self._assemble(extrapolated_state)
+        try:
+            second = self._assemble(extrapolated_state)
+        except NonFiniteError:  # refused: return both players to the original point, then raise
+            self._restore_origins()
+            raise
         if second is None:  # return both players to the original point
             self._restore_origins()
             return self._skipped_report(extrapolated_state)

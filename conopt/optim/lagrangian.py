@@ -170,7 +170,10 @@ def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
         )
     if entry.fixed_shape is None:
         assert entry.multiplier is not None
-        expected = entry.multiplier.expected_shape(raw)
+        try:
+            expected = entry.multiplier.expected_shape(raw)
+        except ValueError as error:  # e.g. no indices: say which constraint
+            raise ValueError(f"constraint {entry.name!r}: {error}") from None
         if raw.value.shape != expected:
             raise ValueError(
                 f"constraint {entry.name!r}: value has shape {tuple(raw.value.shape)}, "
@@ -190,6 +193,11 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
         entry = index.resolve(key)
         cstate: ConstraintState | None = None
         if isinstance(raw, torch.Tensor):
+            if entry.fixed_shape is None:
+                raise ValueError(
+                    f"constraint {entry.name!r}: its {type(entry.multiplier).__name__} needs a "
+                    "ConstraintState (with indices or features), got a plain tensor."
+                )
             value = raw
         elif isinstance(raw, ConstraintState):
             cstate = _validated_state(entry, raw)
@@ -244,7 +252,11 @@ def _multipliers(group: ConstraintGroup) -> torch.Tensor:
     entries, states = group.entries, group.states
     if all(e.explicit for e in entries):
         with torch.no_grad():
-            return _flat([e.multiplier.value(s) for e, s in zip(entries, states, strict=True)])  # type: ignore[union-attr]
+            flat = _flat([e.multiplier.value(s) for e, s in zip(entries, states, strict=True)])  # type: ignore[union-attr]
+            # A lone multiplier comes back as its weight itself: copy it, so that autograd adds
+            # no second dual gradient to the closed-form one and the step keeps the values from
+            # before its dual update.
+            return flat.clone() if len(entries) == 1 else flat
     return _flat(
         [
             e.multiplier.value(s).detach() if e.explicit else e.multiplier.value(s)  # type: ignore[union-attr]
@@ -274,11 +286,15 @@ def assemble(
     for group in groups:
         values = _flat(group.values)
         values = values.to(torch.promote_types(values.dtype, torch.float32))
+        # A lone value may be (a view of) a parameter that the primal step changes in place
+        # before restarts, penalty updates and the report read it: keep copies of this step's.
+        lone = len(group.values) == 1
+        detached = values.detach().clone() if lone else values.detach()
         strict = None
         if group.has_strict:
             strict = _flat([group.strict(i) for i in range(len(group.values))]).detach()
-            strict = strict.to(values.dtype)
-        group.strict_values = values.detach() if strict is None else strict
+            strict = strict.to(values.dtype, copy=lone)
+        group.strict_values = detached if strict is None else strict
         multipliers = None
         if group.formulation.uses_multiplier:
             multipliers = _multipliers(group)
@@ -295,7 +311,7 @@ def assemble(
                 inequality=group.inequality,
                 names=[e.name for e in group.entries],
                 shapes=[v.shape for v in group.values],
-                values=values.detach(),
+                values=detached,
                 strict_values=group.strict_values,
                 multipliers=group.multipliers,
             )

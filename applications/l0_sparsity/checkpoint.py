@@ -1,0 +1,66 @@
+r"""Checkpoints that survive a crash: written atomically, validated when read.
+
+A checkpoint is written to a temporary file in the same directory, flushed and ``fsync``\ ed,
+then renamed over the previous one (``os.replace`` is atomic on POSIX): a process killed while
+writing leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "config", "epoch", "model", "problem", "optimizer")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted, or belongs to another run."""
+
+
+def save_atomic(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``payload`` with ``torch.save`` to ``path`` atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a training checkpoint.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable, or not a checkpoint of this trainer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # any unpickling failure means a corrupted file
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable: {error}") from None
+    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not an l0_sparsity training checkpoint.")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {payload['format_version']}, "
+            f"this version reads {FORMAT_VERSION}."
+        )
+    return payload

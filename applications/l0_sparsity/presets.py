@@ -1,0 +1,207 @@
+"""Training presets: one frozen dataclass of hyperparameters per model/dataset pair.
+
+The GPU presets follow Gallego-Posada et al. (2022): SGD with momentum 0.9, learning rate 0.1
+decayed ×0.2 at epochs 60/120/160 over 200 epochs, batch 128, weight decay 5e-4 as an expected-L2
+loss term, gates' learning rate 6.0 (never decayed), dual SGD with learning rate 7e-4 and dual
+restarts, initial drop rate 0.3 (0.05 on ImageNet). The CPU preset ``mnist_mlp`` is the small-scale
+experiment: MLP 784-300-100-10 on MNIST-5k, Adam 7e-4 (weights) / 5e-3 (gates), dual 5e-3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; each field is a command-line flag of the same name.
+
+    Attributes:
+        preset: The preset these values started from (informational).
+        model: A name of :data:`l0_sparsity.models.MODELS`.
+        dataset: A name of :data:`l0_sparsity.data.DATASETS`.
+        data_root: Directory of the dataset files (``None``: the dataset's default place).
+        subset: Use only this many training images (stratified), for quick runs.
+        test_subset: Use only this many test images.
+        epochs: Training epochs.
+        batch_size: Global batch size (split across ranks under DDP).
+        optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``, for weights and gates.
+        lr: Weights' learning rate.
+        lr_milestones: Epochs at which the weights' learning rate is multiplied by ``lr_gamma``.
+        lr_gamma: The decay factor.
+        gates_lr: Gates' learning rate (not decayed).
+        dual_lr: The multipliers' SGD learning rate.
+        weight_decay: Coefficient of the expected L2 loss term on gated weights.
+        droprate_init: Initial drop rate of the gates.
+        structured: Structured (neuron/filter) gates; otherwise one gate per weight.
+        target: Model-wise target density (used when ``layer_targets`` and ``penalty`` are unset).
+        layer_targets: Per-layer targets (layer-wise mode; one value applies to every gated
+            layer), or empty.
+        penalty: Penalized baseline coefficient (no constraint) when set.
+        dual_restarts: Reset multipliers of satisfied constraints (Gallego-Posada et al., 2022).
+        seed: Seed of initialization, data order and gate noise.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
+        amp: Mixed precision on CUDA: ``"off"``, ``"bf16"`` or ``"fp16"`` (with a GradScaler).
+        channels_last: Use channels-last memory format on CUDA for convolutional models.
+        num_workers: Loader worker processes for image-folder datasets.
+        output_dir: Where metrics, plots and checkpoints go.
+        resume: Resume from ``output_dir``'s checkpoint when it exists.
+        progress: Show a progress bar.
+        tensorboard: Write TensorBoard event files.
+        threads: torch intra-op threads on CPU (0 keeps torch's default).
+    """
+
+    preset: str = "custom"
+    model: str = "mlp"
+    dataset: str = "mnist5k"
+    data_root: str | None = None
+    subset: int | None = None
+    test_subset: int | None = None
+    epochs: int = 200
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 7e-4
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.2
+    gates_lr: float = 5e-3
+    dual_lr: float = 5e-3
+    weight_decay: float = 0.0
+    droprate_init: float = 0.5
+    structured: bool = True
+    target: float = 0.35
+    layer_targets: tuple[float, ...] = ()
+    penalty: float | None = None
+    dual_restarts: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    num_workers: int = 4
+    output_dir: str = "runs/l0"
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    threads: int = 0
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def mode(self) -> str:
+        """``"penalized"``, ``"layer-wise"`` or ``"model-wise"``."""
+        if self.penalty is not None:
+            return "penalized"
+        return "layer-wise" if self.layer_targets else "model-wise"
+
+
+_GPU_RECIPE: dict[str, Any] = {
+    "epochs": 200,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "lr_milestones": (60, 120, 160),
+    "lr_gamma": 0.2,
+    "gates_lr": 6.0,
+    "dual_lr": 7e-4,
+    "weight_decay": 5e-4,
+    "droprate_init": 0.3,
+    "target": 0.5,
+    "amp": "bf16",
+    "channels_last": True,
+}
+
+PRESETS: dict[str, TrainConfig] = {
+    "mnist_mlp": TrainConfig(preset="mnist_mlp", output_dir="runs/mnist_mlp"),
+    "mnist_lenet5": TrainConfig(
+        preset="mnist_lenet5", model="lenet5", output_dir="runs/mnist_lenet5"
+    ),
+    "fashion_resnet18": TrainConfig(
+        preset="fashion_resnet18",
+        model="resnet18_cifar",
+        dataset="fashion_mnist",
+        epochs=3,
+        subset=2000,
+        test_subset=500,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        gates_lr=1.0,
+        dual_lr=5e-2,
+        droprate_init=0.3,
+        target=0.5,
+        output_dir="runs/fashion_resnet18",
+    ),
+    "cifar10_wrn": TrainConfig(
+        preset="cifar10_wrn",
+        model="wrn28_10",
+        dataset="cifar10",
+        **_GPU_RECIPE,
+        output_dir="runs/cifar10_wrn",
+    ),
+    "cifar10_wrn_layerwise": TrainConfig(
+        preset="cifar10_wrn_layerwise",
+        model="wrn28_10",
+        dataset="cifar10",
+        **_GPU_RECIPE,
+        layer_targets=(0.2,),
+        output_dir="runs/cifar10_wrn_layerwise",
+    ),
+    "cifar100_wrn": TrainConfig(
+        preset="cifar100_wrn",
+        model="wrn28_10",
+        dataset="cifar100",
+        **_GPU_RECIPE,
+        output_dir="runs/cifar100_wrn",
+    ),
+    "cifar10_resnet18": TrainConfig(
+        preset="cifar10_resnet18",
+        model="resnet18_cifar",
+        dataset="cifar10",
+        **_GPU_RECIPE,
+        output_dir="runs/cifar10_resnet18",
+    ),
+    "tinyimagenet_resnet18": TrainConfig(
+        preset="tinyimagenet_resnet18",
+        model="resnet18",
+        dataset="tinyimagenet",
+        **_GPU_RECIPE,
+        output_dir="runs/tinyimagenet_resnet18",
+    ),
+    "imagenet_resnet50": TrainConfig(
+        preset="imagenet_resnet50",
+        model="resnet50",
+        dataset="imagenet",
+        **{
+            **_GPU_RECIPE,
+            "epochs": 90,
+            "batch_size": 256,
+            "lr_milestones": (30, 60, 80),
+            "lr_gamma": 0.1,
+            "weight_decay": 1e-4,
+            "droprate_init": 0.05,
+        },
+        output_dir="runs/imagenet_resnet50",
+    ),
+    "synthetic_smoke": TrainConfig(
+        preset="synthetic_smoke",
+        model="mlp",
+        dataset="synthetic",
+        epochs=2,
+        batch_size=32,
+        progress=False,
+        tensorboard=False,
+        output_dir="runs/synthetic_smoke",
+    ),
+}
+"""Registered presets by name."""
+
+
+def get_preset(name: str) -> TrainConfig:
+    """The preset called ``name`` (a ``ValueError`` lists the valid names otherwise)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None

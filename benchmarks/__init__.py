@@ -1,0 +1,1 @@
+"""Benchmark scripts that print measured ratios (run them as ``python benchmarks/NAME.py``)."""
