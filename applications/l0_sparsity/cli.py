@@ -3,8 +3,8 @@
 Subcommands:
 
 * ``train --preset NAME [--FIELD VALUE ...]``: train; every field of
-  :class:`~l0_sparsity.presets.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``, ``--layer-targets 0.2,0.3``,
-  ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``).
+  :class:`~l0_sparsity.presets.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
+  ``--layer-targets 0.2,0.3``, ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``).
 * ``presets``: list the presets and their settings.
 * ``demo``: the CPU demonstration: MNIST-5k MLP at target density 0.35, then the same run with a
   fixed penalty, and a table of the outcomes.
