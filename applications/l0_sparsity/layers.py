@@ -1,0 +1,882 @@
+"""Gated layers with hard-concrete L0 gates, and model-level helpers.
+
+A gated layer multiplies its weight by hard-concrete gates ``z``:
+
+* **structured** gates remove whole groups: one gate per *input neuron* of a linear layer
+  (group = a column of ``out_features`` weights) and one per *output filter* of a convolution
+  (group = ``in_channels / groups · kh · kw`` weights);
+* **unstructured** gates remove single weights (one gate per weight, group size 1).
+
+In training mode one ``z`` is sampled per forward pass (shared across the batch); in eval mode
+the deterministic test-time gate (the distribution's median) is used.
+
+A structured :class:`L0Conv2d` that feeds a BatchNorm would lose its gates in training, since
+batch normalization undoes any per-channel scale and turns a zeroed channel into its bias. Such
+a pair is therefore gated *after* the normalization: :class:`GatedBatchNorm2d` computes
+``z · BN(conv(x))`` by scaling its affine parameters, ``BN_{γz, βz}``, and the convolution runs
+ungated (``conv.gate_in_norm`` is set). The pair then outputs exactly 0 on dead channels, both
+in training (``z = 0``) and in eval mode (median gate 0), which is what makes purging exact.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from l0_sparsity.gates import HardConcrete, init_log_alpha_
+
+__all__ = [
+    "GateLeafTracer",
+    "GatedBatchNorm2d",
+    "GatedLayer",
+    "L0Conv2d",
+    "L0Linear",
+    "SkipSpec",
+    "expected_density",
+    "expected_l2",
+    "gate_parameters",
+    "gated_layers",
+    "layer_densities",
+    "sparsify",
+    "test_density",
+    "weight_parameters",
+]
+
+SkipSpec = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
+"""Layers to leave dense in :func:`sparsify`: glob pattern(s) on qualified names, or a predicate."""
+
+
+class GatedLayer(nn.Module, abc.ABC):
+    """Common interface of layers whose weights are multiplied by hard-concrete gates.
+
+    Subclasses own ``weight`` (the gated parameters), an optional ``bias`` (never counted as
+    gated) and ``log_alpha`` (one entry per gate, kept apart from the weights so that it can get
+    its own optimizer or learning rate).
+
+    Attributes:
+        log_alpha: Gate parameters ``log α``.
+        structured: Whether one gate governs a group of weights (``True``) or a single weight.
+        group_size: Number of weights governed by one gate.
+        distribution: The hard-concrete distribution of the gates.
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    log_alpha: nn.Parameter
+
+    def __init__(
+        self,
+        gate_shape: tuple[int, ...],
+        group_size: int,
+        *,
+        structured: bool,
+        droprate_init: float,
+        distribution: HardConcrete | None,
+    ) -> None:
+        super().__init__()
+        self.structured = structured
+        self.group_size = group_size
+        self.droprate_init = droprate_init
+        self.distribution = distribution if distribution is not None else HardConcrete()
+        self.log_alpha = nn.Parameter(torch.empty(gate_shape))
+        init_log_alpha_(self.log_alpha, droprate_init)
+
+    @property
+    def num_gated_params(self) -> int:
+        """Number of weights governed by the gates (the whole ``weight``)."""
+        return self.weight.numel()
+
+    @property
+    def num_gates(self) -> int:
+        """Number of gates."""
+        return self.log_alpha.numel()
+
+    def reset_gates(self, droprate_init: float | None = None) -> None:
+        """Re-draw ``log α ~ N(log((1 − p)/p), 0.01²)``.
+
+        Args:
+            droprate_init: Initial drop rate ``p``; defaults to the one given at construction.
+        """
+        if droprate_init is not None:
+            self.droprate_init = droprate_init
+        init_log_alpha_(self.log_alpha, self.droprate_init)
+
+    def sample_gates(self, generator: torch.Generator | None = None) -> Tensor:
+        """Draw one reparameterized gate per gate parameter.
+
+        Args:
+            generator: Optional random generator.
+
+        Returns:
+            Gates in ``[0, 1]`` shaped like ``log_alpha``.
+        """
+        return self.distribution.sample(self.log_alpha, generator)
+
+    def gates(self) -> Tensor:
+        """Gates for the current forward pass: a fresh sample in training, the median in eval."""
+        return self.sample_gates() if self.training else self.test_gates()
+
+    def prob_active(self) -> Tensor:
+        """``P(z ≠ 0)`` per gate, differentiable w.r.t. ``log α``."""
+        return self.distribution.prob_nonzero(self.log_alpha)
+
+    def expected_active_params(self) -> Tensor:
+        """Expected number of active weights ``Σ_gates P(z ≠ 0) · group_size`` (a scalar)."""
+        return self.prob_active().sum() * self.group_size
+
+    def expected_l2(self) -> Tensor:
+        """Expected squared L2 norm of the gated weights ``Σ_groups P(z ≠ 0) · ‖w_group‖²``."""
+        return (self.prob_active() * self.group_sq_norms()).sum()
+
+    def test_gates(self) -> Tensor:
+        """Test-time (median) gate per gate parameter."""
+        return self.distribution.median(self.log_alpha)
+
+    def active_mask(self) -> Tensor:
+        """Boolean mask of the gates whose test-time value is positive."""
+        return self.test_gates() > 0
+
+    def num_active_params(self) -> int:
+        """Number of weights whose test-time gate is positive."""
+        return int(self.active_mask().sum()) * self.group_size
+
+    @abc.abstractmethod
+    def group_sq_norms(self) -> Tensor:
+        """Squared L2 norm of each group of weights, shaped like ``log_alpha``."""
+
+    @abc.abstractmethod
+    def gate_weight(self, gates: Tensor) -> Tensor:
+        """Multiply ``weight`` by ``gates`` (one broadcasted multiply).
+
+        Args:
+            gates: Gate values shaped like ``log_alpha``.
+
+        Returns:
+            The gated weight, shaped like ``weight``.
+        """
+
+    @abc.abstractmethod
+    def dense_module(self) -> nn.Module:
+        """A plain torch layer computing this layer's eval-mode output, gates folded in."""
+
+    def _gate_repr(self) -> str:
+        kind = "structured" if self.structured else "unstructured"
+        return f"{kind}, gates={self.num_gates}, group_size={self.group_size}"
+
+
+class L0Linear(GatedLayer):
+    """Linear layer ``y = x (W ⊙ z)ᵀ + b`` with hard-concrete gates.
+
+    Structured gates act on input neurons (``z`` has ``in_features`` entries, each governing a
+    column of ``out_features`` weights); unstructured gates have the shape of ``W``. The bias
+    is not gated.
+
+    Args:
+        in_features: Size of each input sample.
+        out_features: Size of each output sample.
+        bias: Whether to learn an additive bias.
+        structured: Input-neuron gates (``True``) or one gate per weight (``False``).
+        droprate_init: Initial drop rate ``p`` of the gates.
+        distribution: Hard-concrete parameters; defaults to β = 2/3, γ = −0.1, ζ = 1.1.
+        device: Device of the parameters.
+        dtype: Floating dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        structured: bool = True,
+        droprate_init: float = 0.5,
+        distribution: HardConcrete | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        gate_shape = (in_features,) if structured else (out_features, in_features)
+        super().__init__(
+            gate_shape,
+            out_features if structured else 1,
+            structured=structured,
+            droprate_init=droprate_init,
+            distribution=distribution,
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.log_alpha.data = self.log_alpha.data.to(**factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialize weights and bias like :class:`torch.nn.Linear`."""
+        _default_init(self.weight, self.bias, self.in_features)
+
+    @classmethod
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        *,
+        structured: bool = True,
+        droprate_init: float = 0.5,
+        distribution: HardConcrete | None = None,
+    ) -> L0Linear:
+        """Gated copy of ``linear`` (same weights, device and dtype).
+
+        Args:
+            linear: The dense layer to copy.
+            structured: Input-neuron gates or one gate per weight.
+            droprate_init: Initial drop rate of the gates.
+            distribution: Hard-concrete parameters.
+
+        Returns:
+            A new :class:`L0Linear`.
+        """
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            structured=structured,
+            droprate_init=droprate_init,
+            distribution=distribution,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None and layer.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.train(linear.training)
+        return layer
+
+    def group_sq_norms(self) -> Tensor:
+        """Squared norm of each input column (structured) or each weight squared."""
+        sq = self.weight.square()
+        return sq.sum(0) if self.structured else sq
+
+    def gate_weight(self, gates: Tensor) -> Tensor:
+        """``W ⊙ z`` (input-neuron gates broadcast over rows)."""
+        return self.weight * gates.to(self.weight.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the gated linear map with freshly sampled (train) or median (eval) gates."""
+        return F.linear(x, self.gate_weight(self.gates()), self.bias)
+
+    @torch.no_grad()
+    def dense_module(self) -> nn.Linear:
+        """Plain :class:`torch.nn.Linear` with the test-time gates folded into the weight."""
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        out.weight.copy_(self.gate_weight(self.test_gates()))
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        """Shape and gating summary."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self._gate_repr()}"
+        )
+
+
+class L0Conv2d(GatedLayer):
+    """2-D convolution with hard-concrete gates.
+
+    Structured gates act on output filters (``z`` has ``out_channels`` entries, each governing
+    ``in_channels / groups · kh · kw`` weights and the filter's bias); unstructured gates have
+    the shape of the weight and leave the bias ungated. Only zero padding is supported.
+
+    When ``gate_in_norm`` is set (done by :func:`sparsify` for a structured conv whose only
+    consumer is a BatchNorm), the convolution itself runs ungated and the following
+    :class:`GatedBatchNorm2d` applies the gates after normalization.
+
+    Args:
+        in_channels: Number of input channels.
+        out_channels: Number of output channels (filters).
+        kernel_size: Size of the convolving kernel.
+        stride: Stride of the convolution.
+        padding: Zero padding added to both sides, or ``"same"`` / ``"valid"``.
+        dilation: Spacing between kernel elements.
+        groups: Number of blocked connections from input to output channels.
+        bias: Whether to learn an additive bias.
+        structured: Output-filter gates (``True``) or one gate per weight (``False``).
+        droprate_init: Initial drop rate ``p`` of the gates.
+        distribution: Hard-concrete parameters; defaults to β = 2/3, γ = −0.1, ζ = 1.1.
+        device: Device of the parameters.
+        dtype: Floating dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        structured: bool = True,
+        droprate_init: float = 0.5,
+        distribution: HardConcrete | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if in_channels % groups or out_channels % groups:
+            raise ValueError("in_channels and out_channels must be divisible by groups")
+        ks = _pair(kernel_size)
+        weight_shape = (out_channels, in_channels // groups, *ks)
+        group = in_channels // groups * ks[0] * ks[1]
+        super().__init__(
+            (out_channels,) if structured else weight_shape,
+            group if structured else 1,
+            structured=structured,
+            droprate_init=droprate_init,
+            distribution=distribution,
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = ks
+        self.stride = _pair(stride)
+        self.padding: tuple[int, int] | str = (
+            padding if isinstance(padding, str) else _pair(padding)
+        )
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.gate_in_norm = False
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.log_alpha.data = self.log_alpha.data.to(**factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialize weights and bias like :class:`torch.nn.Conv2d`."""
+        _default_init(self.weight, self.bias, self.weight[0].numel())
+
+    @classmethod
+    def from_dense(
+        cls,
+        conv: nn.Conv2d,
+        *,
+        structured: bool = True,
+        droprate_init: float = 0.5,
+        distribution: HardConcrete | None = None,
+    ) -> L0Conv2d:
+        """Gated copy of ``conv`` (same weights, geometry, device and dtype).
+
+        Args:
+            conv: The dense convolution to copy (zero padding only).
+            structured: Output-filter gates or one gate per weight.
+            droprate_init: Initial drop rate of the gates.
+            distribution: Hard-concrete parameters.
+
+        Returns:
+            A new :class:`L0Conv2d`.
+
+        Raises:
+            ValueError: If ``conv`` uses a padding mode other than ``"zeros"``.
+        """
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only zero padding is supported, got {conv.padding_mode!r}")
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            conv.stride,  # type: ignore[arg-type]
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,  # type: ignore[arg-type]
+            conv.groups,
+            conv.bias is not None,
+            structured=structured,
+            droprate_init=droprate_init,
+            distribution=distribution,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None and layer.bias is not None:
+                layer.bias.copy_(conv.bias)
+        layer.train(conv.training)
+        return layer
+
+    def group_sq_norms(self) -> Tensor:
+        """Squared norm of each filter (structured) or each weight squared."""
+        sq = self.weight.square()
+        return sq.sum((1, 2, 3)) if self.structured else sq
+
+    def gate_weight(self, gates: Tensor) -> Tensor:
+        """``W ⊙ z`` (output-filter gates broadcast over a filter's weights)."""
+        gates = gates.to(self.weight.dtype)
+        if self.structured:
+            gates = gates.view(-1, 1, 1, 1)
+        return self.weight * gates
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the gated convolution (ungated when the following norm applies the gates)."""
+        if self.gate_in_norm:
+            return self._conv(x, self.weight, self.bias)
+        z = self.gates()
+        bias = self.bias
+        if self.structured and bias is not None:
+            bias = bias * z.to(bias.dtype)
+        return self._conv(x, self.gate_weight(z), bias)
+
+    @torch.no_grad()
+    def dense_module(self) -> nn.Conv2d:
+        """Plain :class:`torch.nn.Conv2d` computing this layer's eval output (gates folded).
+
+        With ``gate_in_norm`` set the weights are copied ungated: the gates then belong to the
+        following :class:`GatedBatchNorm2d`.
+        """
+        out = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        z = self.test_gates()
+        if self.gate_in_norm:
+            out.weight.copy_(self.weight)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+            return out
+        out.weight.copy_(self.gate_weight(z))
+        if self.bias is not None:
+            out.bias.copy_(self.bias * z if self.structured else self.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        """Shape and gating summary."""
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        s += f", bias={self.bias is not None}, {self._gate_repr()}"
+        if self.gate_in_norm:
+            s += ", gate_in_norm=True"
+        return s
+
+
+class GatedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that multiplies its output by the output-filter gates of the preceding conv.
+
+    Computes ``z ⊙ BN(x) = BN_{γ·z, β·z}(x)``: the gates scale the affine parameters, so the
+    gating costs no extra pass over the activations. ``z`` is a fresh sample in training and
+    the median gate in eval mode, so dead channels output exactly 0. Running statistics are
+    those of the ungated convolution output, hence consistent between training and eval.
+
+    The gate layer is referenced, not registered as a submodule, so it appears once in
+    ``named_modules()`` and ``state_dict()`` (under its own name).
+
+    Args:
+        num_features: Number of channels.
+        gate_layer: Structured :class:`L0Conv2d` whose gates this norm applies; its
+            ``gate_in_norm`` flag is set.
+        eps: Added to the variance for numerical stability.
+        momentum: Running-statistics momentum (``None`` for a cumulative average).
+        affine: Whether the norm has learnable ``weight`` and ``bias``.
+        track_running_stats: Whether running statistics are tracked.
+        device: Device of the parameters and buffers.
+        dtype: Dtype of the parameters and buffers.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        gate_layer: L0Conv2d,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.attach(gate_layer)
+
+    def attach(self, gate_layer: L0Conv2d) -> None:
+        """Make this norm apply the gates of ``gate_layer`` (and that conv run ungated).
+
+        Args:
+            gate_layer: A structured :class:`L0Conv2d` with ``num_features`` output channels.
+
+        Raises:
+            ValueError: If the conv is unstructured or its width does not match.
+        """
+        if not (isinstance(gate_layer, L0Conv2d) and gate_layer.structured):
+            raise ValueError("GatedBatchNorm2d needs a structured L0Conv2d")
+        if gate_layer.out_channels != self.num_features:
+            raise ValueError(
+                f"conv has {gate_layer.out_channels} filters, norm has {self.num_features}"
+            )
+        object.__setattr__(self, "_gate_layer", gate_layer)
+        gate_layer.gate_in_norm = True
+
+    @property
+    def gate_layer(self) -> L0Conv2d:
+        """The convolution whose gates this norm applies."""
+        return self.__dict__["_gate_layer"]
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, gate_layer: L0Conv2d) -> GatedBatchNorm2d:
+        """Gated copy of ``bn`` (parameters, running statistics and mode are copied).
+
+        Args:
+            bn: The norm to copy.
+            gate_layer: The structured conv whose gates the new norm applies.
+
+        Returns:
+            A new :class:`GatedBatchNorm2d`.
+        """
+        ref = bn.weight if bn.weight is not None else bn.running_mean
+        new = cls(
+            bn.num_features,
+            gate_layer,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            device=None if ref is None else ref.device,
+            dtype=None if ref is None else ref.dtype,
+        )
+        new.load_state_dict(bn.state_dict())
+        new.train(bn.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Batch-normalize ``x`` and multiply each channel by its gate."""
+        self._check_input_dim(x)
+        z = self.gate_layer.gates()
+        weight = z if self.weight is None else self.weight * z.to(self.weight.dtype)
+        bias = None if self.bias is None else self.bias * z.to(self.bias.dtype)
+        factor = 0.0
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+        use_batch_stats = self.training or self.running_mean is None
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            weight,
+            bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+    @torch.no_grad()
+    def dense_module(self) -> nn.BatchNorm2d:
+        """Plain BatchNorm2d with the test-time gates folded into ``weight`` and ``bias``."""
+        z = self.gate_layer.test_gates()
+        ref = self.running_mean if self.running_mean is not None else z
+        out = nn.BatchNorm2d(
+            self.num_features,
+            self.eps,
+            self.momentum,
+            True,
+            self.track_running_stats,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        out.weight.copy_(z if self.weight is None else self.weight * z)
+        out.bias.copy_(torch.zeros_like(z) if self.bias is None else self.bias * z)
+        if self.running_mean is not None and self.running_var is not None:
+            out.running_mean.copy_(self.running_mean)
+            out.running_var.copy_(self.running_var)
+            if self.num_batches_tracked is not None and out.num_batches_tracked is not None:
+                out.num_batches_tracked.copy_(self.num_batches_tracked)
+        return out.train(self.training)
+
+    def extra_repr(self) -> str:
+        """BatchNorm summary plus the gating note."""
+        return super().extra_repr() + ", gated"
+
+
+# --------------------------------------------------------------------------- model helpers
+
+
+def gated_layers(model: nn.Module) -> list[tuple[str, GatedLayer]]:
+    """All gated layers of ``model`` with their qualified names, in module order.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        ``(name, layer)`` pairs.
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, GatedLayer)]
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The ``log α`` parameters of every gated layer.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        Gate parameters; disjoint from :func:`weight_parameters` and together covering
+        ``model.parameters()``.
+    """
+    return [layer.log_alpha for _, layer in gated_layers(model)]
+
+
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` that is not a gate parameter.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        Weights, biases, norm parameters, ...; in ``model.parameters()`` order.
+    """
+    gates = {id(p) for p in gate_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in gates]
+
+
+def _require_gated(model: nn.Module) -> list[tuple[str, GatedLayer]]:
+    layers = gated_layers(model)
+    if not layers:
+        raise ValueError("the model has no gated layers (see l0_sparsity.layers.sparsify)")
+    return layers
+
+
+def expected_density(model: nn.Module) -> Tensor:
+    """Model-wise expected density ``Σ_layers E[#active] / Σ_layers #gated``.
+
+    Args:
+        model: A model with at least one gated layer.
+
+    Returns:
+        A scalar tensor in ``[0, 1]``, differentiable w.r.t. the gate parameters.
+    """
+    layers = _require_gated(model)
+    total = sum(layer.num_gated_params for _, layer in layers)
+    active = torch.stack([layer.expected_active_params() for _, layer in layers]).sum()
+    return active / total
+
+
+def layer_densities(model: nn.Module) -> dict[str, Tensor]:
+    """Layer-wise expected densities ``E[#active] / #gated`` keyed by qualified layer name.
+
+    Args:
+        model: A model with at least one gated layer.
+
+    Returns:
+        One differentiable scalar per gated layer.
+    """
+    return {
+        name: layer.expected_active_params() / layer.num_gated_params
+        for name, layer in _require_gated(model)
+    }
+
+
+@torch.no_grad()
+def test_density(model: nn.Module) -> float:
+    """Fraction of gated weights whose test-time gate is positive.
+
+    Args:
+        model: A model with at least one gated layer.
+
+    Returns:
+        The deterministic density the purged model will have on the gated layers.
+    """
+    layers = _require_gated(model)
+    total = sum(layer.num_gated_params for _, layer in layers)
+    return sum(layer.num_active_params() for _, layer in layers) / total
+
+
+test_density.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
+
+
+def expected_l2(model: nn.Module) -> Tensor:
+    """Sum of :meth:`GatedLayer.expected_l2` over the gated layers (0 if there are none).
+
+    Args:
+        model: Any module.
+
+    Returns:
+        A scalar tensor, differentiable w.r.t. weights and gate parameters.
+    """
+    terms = [layer.expected_l2() for _, layer in gated_layers(model)]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+# --------------------------------------------------------------------------- sparsify
+
+
+def _skip_predicate(skip: SkipSpec) -> Callable[[str, nn.Module], bool]:
+    if skip is None:
+        return lambda name, module: False
+    if callable(skip):
+        return skip
+    patterns = [skip] if isinstance(skip, str) else list(skip)
+    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class GateLeafTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps gated layers and gated norms as leaf modules."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """Gated modules are leaves; otherwise the default rule (``torch.nn`` layers)."""
+        if isinstance(m, GatedLayer | GatedBatchNorm2d):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """Map each Conv2d whose output feeds only a BatchNorm2d to that norm's name.
+
+    Uses torch.fx when the model traces; otherwise looks for adjacent (Conv2d, BatchNorm2d)
+    entries of ``nn.Sequential`` containers.
+    """
+    modules = dict(model.named_modules())
+    pairs: dict[str, str] = {}
+    try:
+        graph = GateLeafTracer().trace(model)
+    except Exception:  # untraceable model: fall back to nn.Sequential adjacency
+        for name, module in modules.items():
+            if isinstance(module, nn.Sequential):
+                children = list(module.named_children())
+                for (a, ma), (b, mb) in itertools.pairwise(children):
+                    if type(ma) is nn.Conv2d and type(mb) is nn.BatchNorm2d:
+                        prefix = f"{name}." if name else ""
+                        pairs[prefix + a] = prefix + b
+        return pairs
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules.get(node.target)) is not nn.Conv2d:
+            continue
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module":
+            continue
+        bn = modules.get(users[0].target)
+        if (
+            type(bn) is nn.BatchNorm2d
+            and users[0].args[:1] == (node,)
+            and calls[node.target] == 1
+            and calls[users[0].target] == 1
+        ):
+            pairs[node.target] = users[0].target
+    return pairs
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def sparsify(
+    model: nn.Module,
+    structured: bool = True,
+    droprate_init: float = 0.5,
+    skip: SkipSpec = None,
+    *,
+    distribution: HardConcrete | None = None,
+) -> nn.Module:
+    """Replace the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model`` by gated copies, in place.
+
+    Weights are copied. A structured conv whose only consumer is a ``BatchNorm2d`` (found with
+    torch.fx, or by ``nn.Sequential`` adjacency when the model does not trace) has that norm
+    replaced by a :class:`GatedBatchNorm2d` applying its gates, so dead channels are exactly 0.
+
+    Args:
+        model: Any module; modified in place.
+        structured: Structured (input-neuron / output-filter) or unstructured gates.
+        droprate_init: Initial drop rate of the gates.
+        skip: Layers to keep dense: a glob pattern or patterns matched against qualified names
+            (e.g. ``"conv1"``, ``"*.downsample.*"``), or a predicate ``(name, module) -> bool``.
+        distribution: Hard-concrete parameters for all new gates.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: If ``model`` itself is a Linear/Conv2d (wrap it in a container first).
+    """
+    if isinstance(model, nn.Linear | nn.Conv2d):
+        raise ValueError("sparsify works in place on a container; wrap the layer first")
+    skipped = _skip_predicate(skip)
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if type(m) in (nn.Linear, nn.Conv2d) and not skipped(name, m)
+    ]
+    pairs = _conv_bn_pairs(model) if structured else {}
+    modules = dict(model.named_modules())
+    for name, module in targets:
+        kwargs: dict[str, Any] = {
+            "structured": structured,
+            "droprate_init": droprate_init,
+            "distribution": distribution,
+        }
+        if isinstance(module, nn.Linear):
+            _set_submodule(model, name, L0Linear.from_dense(module, **kwargs))
+            continue
+        conv = L0Conv2d.from_dense(module, **kwargs)
+        _set_submodule(model, name, conv)
+        if name in pairs:
+            bn = modules[pairs[name]]
+            if isinstance(bn, nn.BatchNorm2d):
+                _set_submodule(model, pairs[name], GatedBatchNorm2d.from_batchnorm(bn, conv))
+    return model
+
+
+# --------------------------------------------------------------------------- utilities
+
+
+def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+@torch.no_grad()
+def _default_init(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
+    """PyTorch's default Linear/Conv init: Kaiming-uniform(a=√5) weights, U(±1/√fan_in) bias."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound)

@@ -1,0 +1,291 @@
+"""Residual networks: CIFAR ResNet-18 and ImageNet ResNet-18 / ResNet-50 (He et al., 2016).
+
+With ``gated=True`` every convolution *inside* a residual block gets structured output-filter
+gates, and the BatchNorm after it becomes a :class:`~l0_sparsity.layers.GatedBatchNorm2d`. The
+stem, the shortcut (``downsample``) convolutions and the classifier are never gated, so every
+block keeps its output width and the residual additions keep their shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from l0_sparsity.layers import sparsify
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "block_conv_names",
+    "resnet18",
+    "resnet18_cifar",
+    "resnet50",
+]
+
+
+def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions and a residual connection.
+
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+
+    Args:
+        in_planes: Input channels.
+        planes: Output channels.
+        stride: Stride of the first convolution (and of the shortcut).
+    """
+
+    expansion = 1
+    inner_convs: tuple[str, ...] = ("conv1", "conv2")
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _downsample(in_planes, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3 (strided), 1×1 expand (×4), with a residual connection.
+
+    Args:
+        in_planes: Input channels.
+        planes: Bottleneck width; the block outputs ``4 · planes`` channels.
+        stride: Stride of the 3×3 convolution (and of the shortcut).
+    """
+
+    expansion = 4
+    inner_convs: tuple[str, ...] = ("conv1", "conv2", "conv3")
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.downsample = _downsample(in_planes, out_planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """ResNet with four stages of widths 64-128-256-512 (times the block expansion).
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        layers: Number of blocks per stage.
+        num_classes: Number of output logits.
+        in_channels: Input channels.
+        stem: ``"cifar"`` (3×3 stride-1 conv, no pooling) or ``"imagenet"`` (7×7 stride-2
+            conv and 3×3 stride-2 max pooling).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        stem: str = "imagenet",
+    ) -> None:
+        super().__init__()
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+            self.maxpool: nn.Module = nn.Identity()
+        elif stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        self.bn1 = nn.BatchNorm2d(64)
+        in_planes = 64
+        stages = []
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(block(in_planes, planes, stride))
+                in_planes = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the logits for images ``x`` of shape ``(N, C, H, W)``."""
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def block_conv_names(model: nn.Module) -> set[str]:
+    """Qualified names of the convolutions inside residual blocks (the ones that get gated).
+
+    A block is any submodule with an ``inner_convs`` attribute listing its inner conv names.
+
+    Args:
+        model: A residual network.
+
+    Returns:
+        Names such as ``"layer1.0.conv1"``.
+    """
+    names = set()
+    for name, module in model.named_modules():
+        for conv in getattr(module, "inner_convs", ()):
+            names.add(f"{name}.{conv}" if name else conv)
+    return names
+
+
+def _gate_blocks(model: nn.Module, droprate_init: float, structured: bool) -> None:
+    targets = block_conv_names(model)
+    sparsify(
+        model,
+        structured=structured,
+        droprate_init=droprate_init,
+        skip=lambda name, _module: name not in targets,
+    )
+
+
+def _build(
+    block: type[BasicBlock] | type[Bottleneck],
+    layers: Sequence[int],
+    stem: str,
+    num_classes: int,
+    in_channels: int,
+    droprate_init: float,
+    structured: bool,
+    gated: bool,
+) -> ResNet:
+    model = ResNet(block, layers, num_classes, in_channels, stem)
+    if gated:
+        _gate_blocks(model, droprate_init, structured)
+    return model
+
+
+def resnet18_cifar(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    droprate_init: float = 0.3,
+    structured: bool = True,
+    gated: bool = True,
+) -> ResNet:
+    """CIFAR ResNet-18: 3×3 stem, BasicBlocks [2, 2, 2, 2], for 32×32 (or 28×28) inputs.
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Input channels (3 for CIFAR, 1 for Fashion-MNIST).
+        droprate_init: Initial drop rate of the gates.
+        structured: Output-filter gates, or one gate per weight.
+        gated: ``False`` builds the same architecture dense.
+
+    Returns:
+        The model.
+    """
+    return _build(
+        BasicBlock,
+        (2, 2, 2, 2),
+        "cifar",
+        num_classes,
+        in_channels,
+        droprate_init,
+        structured,
+        gated,
+    )
+
+
+def resnet18(
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    droprate_init: float = 0.05,
+    structured: bool = True,
+    gated: bool = True,
+) -> ResNet:
+    """ImageNet ResNet-18: 7×7 stem with max pooling, BasicBlocks [2, 2, 2, 2].
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Input channels.
+        droprate_init: Initial drop rate of the gates.
+        structured: Output-filter gates, or one gate per weight.
+        gated: ``False`` builds the same architecture dense.
+
+    Returns:
+        The model.
+    """
+    return _build(
+        BasicBlock,
+        (2, 2, 2, 2),
+        "imagenet",
+        num_classes,
+        in_channels,
+        droprate_init,
+        structured,
+        gated,
+    )
+
+
+def resnet50(
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    droprate_init: float = 0.05,
+    structured: bool = True,
+    gated: bool = True,
+) -> ResNet:
+    """ImageNet ResNet-50: 7×7 stem with max pooling, Bottlenecks [3, 4, 6, 3].
+
+    Args:
+        num_classes: Number of output logits.
+        in_channels: Input channels.
+        droprate_init: Initial drop rate of the gates.
+        structured: Output-filter gates, or one gate per weight.
+        gated: ``False`` builds the same architecture dense.
+
+    Returns:
+        The model.
+    """
+    return _build(
+        Bottleneck,
+        (3, 4, 6, 3),
+        "imagenet",
+        num_classes,
+        in_channels,
+        droprate_init,
+        structured,
+        gated,
+    )

@@ -1,0 +1,447 @@
+"""Gated layers, the dead-channel BatchNorm, model-level helpers and sparsify()."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from l0_sparsity.gates import HardConcrete
+from l0_sparsity.layers import (
+    GatedBatchNorm2d,
+    GatedLayer,
+    L0Conv2d,
+    L0Linear,
+    expected_density,
+    expected_l2,
+    gate_parameters,
+    gated_layers,
+    layer_densities,
+    sparsify,
+    test_density,
+    weight_parameters,
+)
+from torch import nn
+
+HC = HardConcrete()
+OPEN, DEAD = 20.0, -20.0  # log α giving median gates of exactly 1 and 0
+
+
+def _randomize_bn(bn: nn.BatchNorm2d) -> None:
+    with torch.no_grad():
+        bn.running_mean.normal_(0, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0, 1)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_structured_linear_has_one_gate_per_input_neuron():
+    layer = L0Linear(5, 3)
+    assert layer.log_alpha.shape == (5,)
+    assert layer.group_size == 3
+    assert layer.num_gated_params == 15
+
+
+def test_unstructured_linear_has_one_gate_per_weight():
+    layer = L0Linear(5, 3, structured=False)
+    assert layer.log_alpha.shape == (3, 5)
+    assert layer.group_size == 1
+    assert layer.num_gated_params == 15
+
+
+def test_structured_conv_has_one_gate_per_output_filter():
+    layer = L0Conv2d(4, 6, 3)
+    assert layer.log_alpha.shape == (6,)
+    assert layer.group_size == 4 * 3 * 3
+    assert layer.num_gated_params == 6 * 4 * 9
+
+
+def test_unstructured_conv_has_one_gate_per_weight():
+    layer = L0Conv2d(4, 6, (3, 2), structured=False)
+    assert layer.log_alpha.shape == layer.weight.shape == (6, 4, 3, 2)
+    assert layer.group_size == 1
+
+
+def test_grouped_conv_group_size_counts_only_connected_inputs():
+    layer = L0Conv2d(4, 6, 3, groups=2)
+    assert layer.group_size == 2 * 9
+    assert layer.num_gated_params == layer.weight.numel() == 6 * 2 * 9
+
+
+def test_gate_parameters_are_separate_from_weights():
+    layer = L0Linear(5, 3)
+    names = dict(layer.named_parameters())
+    assert set(names) == {"weight", "bias", "log_alpha"}
+
+
+def test_log_alpha_initialisation_follows_droprate():
+    layer = L0Linear(2000, 2, droprate_init=0.2)
+    assert layer.log_alpha.mean().item() == pytest.approx(math.log(0.8 / 0.2), abs=2e-3)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def test_training_forward_shares_one_gate_sample_across_the_batch():
+    layer = L0Linear(50, 4, structured=True).train()
+    x = torch.randn(1, 50).expand(8, 50)
+    y = layer(x)
+    assert torch.allclose(y, y[:1].expand_as(y))
+
+
+def test_training_forwards_draw_fresh_gates():
+    layer = L0Linear(50, 4).train()
+    x = torch.randn(3, 50)
+    assert not torch.allclose(layer(x), layer(x))
+
+
+def test_eval_forward_uses_the_median_gate():
+    layer = L0Linear(6, 4).eval()
+    with torch.no_grad():
+        layer.log_alpha.copy_(torch.linspace(-3, 3, 6))
+    x = torch.randn(5, 6)
+    expected = F.linear(x, layer.weight * HC.median(layer.log_alpha), layer.bias)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x), layer(x))
+
+
+def test_dead_input_neuron_does_not_influence_the_output():
+    layer = L0Linear(4, 3).eval()
+    with torch.no_grad():
+        layer.log_alpha.copy_(torch.tensor([OPEN, DEAD, OPEN, OPEN]))
+    x = torch.randn(2, 4)
+    x2 = x.clone()
+    x2[:, 1] += 100.0
+    torch.testing.assert_close(layer(x), layer(x2))
+
+
+def test_structured_conv_dead_filter_outputs_exact_zeros_including_bias():
+    layer = L0Conv2d(3, 4, 3, padding=1).eval()
+    with torch.no_grad():
+        layer.log_alpha.copy_(torch.tensor([OPEN, DEAD, OPEN, DEAD]))
+    y = layer(torch.randn(2, 3, 5, 5))
+    assert (y[:, [1, 3]] == 0).all()
+    assert (y[:, [0, 2]] != 0).any()
+
+
+def test_unstructured_conv_eval_matches_masked_weight():
+    layer = L0Conv2d(3, 4, 3, structured=False).eval()
+    x = torch.randn(2, 3, 6, 6)
+    expected = F.conv2d(x, layer.weight * HC.median(layer.log_alpha), layer.bias)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_open_gates_reproduce_the_dense_layer():
+    dense = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    gated = L0Conv2d.from_dense(dense).eval()
+    with torch.no_grad():
+        gated.log_alpha.fill_(OPEN)
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(gated(x), dense(x))
+
+
+def test_training_gradients_reach_weights_and_log_alpha():
+    layer = L0Conv2d(3, 4, 3).train()
+    layer(torch.randn(2, 3, 6, 6)).square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert layer.log_alpha.grad is not None and layer.log_alpha.grad.abs().sum() > 0
+
+
+def test_from_dense_keeps_dtype_and_weights():
+    dense = nn.Linear(4, 3).double()
+    gated = L0Linear.from_dense(dense, structured=False)
+    assert gated.weight.dtype == gated.log_alpha.dtype == torch.float64
+    torch.testing.assert_close(gated.weight, dense.weight)
+    torch.testing.assert_close(gated.bias, dense.bias)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_expected_active_params_is_prob_active_times_group_size():
+    layer = L0Conv2d(2, 3, 3)
+    with torch.no_grad():
+        layer.log_alpha.copy_(torch.tensor([-2.0, 0.0, 2.0]))
+    p = torch.sigmoid(torch.tensor([-2.0, 0.0, 2.0]) - HC.threshold)
+    torch.testing.assert_close(layer.prob_active(), p)
+    torch.testing.assert_close(layer.expected_active_params(), p.sum() * 18)
+
+
+def test_expected_l2_weights_each_group_norm_by_its_prob_active():
+    layer = L0Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+        layer.log_alpha.copy_(torch.tensor([-1.0, 0.0, 1.0]))
+    p = layer.prob_active()
+    expected = p[0] * (1 + 16) + p[1] * (4 + 25) + p[2] * (9 + 36)
+    torch.testing.assert_close(layer.expected_l2(), expected)
+
+
+def test_expected_l2_is_differentiable_wrt_weights_and_gates():
+    layer = L0Conv2d(2, 3, 3, structured=False)
+    layer.expected_l2().backward()
+    assert layer.weight.grad is not None and layer.log_alpha.grad is not None
+
+
+def test_active_mask_is_positive_test_gate():
+    layer = L0Linear(4, 2)
+    with torch.no_grad():
+        layer.log_alpha.copy_(torch.tensor([-3.0, HC.threshold - 1e-3, HC.threshold + 1e-3, 3.0]))
+    assert layer.active_mask().tolist() == [False, False, True, True]
+    assert layer.num_active_params() == 4
+
+
+def _small_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(L0Linear(4, 3), nn.ReLU(), L0Linear(3, 2, structured=False))
+    with torch.no_grad():
+        model[0].log_alpha.copy_(torch.tensor([-3.0, -1.0, 1.0, 3.0]))
+        model[2].log_alpha.copy_(torch.tensor([[-3.0, 0.0, 3.0], [2.0, -2.0, 0.5]]))
+    return model
+
+
+def test_model_wise_expected_density_by_hand():
+    model = _small_model()
+    p0 = torch.sigmoid(torch.tensor([-3.0, -1.0, 1.0, 3.0]) - HC.threshold)
+    p2 = torch.sigmoid(torch.tensor([-3.0, 0.0, 3.0, 2.0, -2.0, 0.5]) - HC.threshold)
+    expected = (p0.sum() * 3 + p2.sum()) / (12 + 6)
+    torch.testing.assert_close(expected_density(model), expected)
+
+
+def test_layer_wise_expected_densities_by_hand():
+    model = _small_model()
+    dens = layer_densities(model)
+    assert list(dens) == ["0", "2"]
+    p0 = torch.sigmoid(torch.tensor([-3.0, -1.0, 1.0, 3.0]) - HC.threshold)
+    torch.testing.assert_close(dens["0"], p0.mean())
+
+
+def test_test_density_counts_weights_with_positive_test_gate():
+    model = _small_model()
+    # layer 0: inputs 1 (log α = -1 > -1.599), 2, 3 active -> 3 × 3 weights; layer 2: 4 of 6
+    assert test_density(model) == pytest.approx((9 + 4) / 18)
+
+
+def test_expected_density_is_differentiable_wrt_gates_only():
+    model = _small_model()
+    expected_density(model).backward()
+    assert all(p.grad is not None for p in gate_parameters(model))
+    assert all(p.grad is None for p in weight_parameters(model))
+
+
+def test_model_expected_l2_sums_layers():
+    model = _small_model()
+    torch.testing.assert_close(expected_l2(model), model[0].expected_l2() + model[2].expected_l2())
+
+
+def test_density_of_a_model_without_gates_is_an_error():
+    with pytest.raises(ValueError, match="no gated layers"):
+        expected_density(nn.Linear(2, 2))
+
+
+def test_gate_and_weight_parameters_are_disjoint_and_cover_the_model():
+    model = nn.Sequential(L0Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    gates = {id(p) for p in gate_parameters(model)}
+    weights = {id(p) for p in weight_parameters(model)}
+    assert gates.isdisjoint(weights)
+    assert gates | weights == {id(p) for p in model.parameters()}
+    assert gates == {id(model[0].log_alpha)}
+
+
+def test_gated_layers_lists_names_in_module_order():
+    model = _small_model()
+    assert [name for name, _ in gated_layers(model)] == ["0", "2"]
+    assert all(isinstance(m, GatedLayer) for _, m in gated_layers(model))
+
+
+# --------------------------------------------------------------------------- gated BatchNorm
+
+
+def _conv_bn() -> tuple[L0Conv2d, GatedBatchNorm2d]:
+    torch.manual_seed(0)
+    conv = L0Conv2d(3, 4, 3, padding=1, bias=False)
+    bn = GatedBatchNorm2d(4, conv)
+    _randomize_bn(bn)
+    with torch.no_grad():
+        conv.log_alpha.copy_(torch.tensor([1.0, DEAD, 0.0, DEAD]))
+    return conv, bn
+
+
+def test_gated_batchnorm_zeroes_dead_channels_in_eval():
+    conv, bn = _conv_bn()
+    conv.eval(), bn.eval()
+    y = bn(conv(torch.randn(2, 3, 5, 5)))
+    assert (y[:, [1, 3]] == 0).all()
+    assert (y[:, [0, 2]] != 0).all()
+
+
+def test_gated_batchnorm_zeroes_dead_channels_in_training():
+    conv, bn = _conv_bn()
+    y = bn(conv(torch.randn(4, 3, 5, 5)))
+    assert (y[:, [1, 3]] == 0).all()
+
+
+def test_gated_batchnorm_eval_is_gate_times_plain_batchnorm():
+    conv, bn = _conv_bn()
+    conv.eval(), bn.eval()
+    plain = nn.BatchNorm2d(4).eval()
+    plain.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 3, 5, 5)
+    h = F.conv2d(x, conv.weight, padding=1)
+    expected = plain(h) * conv.test_gates().view(1, -1, 1, 1)
+    torch.testing.assert_close(bn(conv(x)), expected)
+
+
+def test_gated_batchnorm_running_stats_are_those_of_the_ungated_conv():
+    conv, bn = _conv_bn()
+    plain = nn.BatchNorm2d(4)
+    plain.load_state_dict(bn.state_dict())
+    x = torch.randn(4, 3, 5, 5)
+    bn(conv(x))
+    plain(F.conv2d(x, conv.weight, padding=1))
+    torch.testing.assert_close(bn.running_mean, plain.running_mean)
+    torch.testing.assert_close(bn.running_var, plain.running_var)
+    assert bn.num_batches_tracked.item() == 1
+
+
+def test_gated_batchnorm_sets_the_conv_to_run_ungated():
+    conv, _ = _conv_bn()
+    assert conv.gate_in_norm
+    x = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, padding=1))
+
+
+def test_gated_batchnorm_passes_gradient_to_the_conv_gates():
+    conv, bn = _conv_bn()
+    with torch.no_grad():
+        conv.log_alpha.zero_()
+    bn(conv(torch.randn(4, 3, 5, 5))).square().sum().backward()
+    assert conv.log_alpha.grad is not None and conv.log_alpha.grad.abs().sum() > 0
+
+
+def test_gated_batchnorm_does_not_register_the_conv_twice():
+    conv, bn = _conv_bn()
+    model = nn.Sequential(conv, bn)
+    assert set(model.state_dict()) == {
+        "0.weight",
+        "0.log_alpha",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    }
+    assert len(list(model.modules())) == 3
+
+
+def test_deepcopy_links_the_copied_norm_to_the_copied_conv():
+    model = nn.Sequential(*_conv_bn())
+    clone = copy.deepcopy(model)
+    assert clone[1].gate_layer is clone[0]
+
+
+def test_gated_batchnorm_rejects_unstructured_or_mismatched_conv():
+    with pytest.raises(ValueError, match="structured"):
+        GatedBatchNorm2d(4, L0Conv2d(3, 4, 3, structured=False))
+    with pytest.raises(ValueError, match="filters"):
+        GatedBatchNorm2d(5, L0Conv2d(3, 4, 3))
+
+
+# --------------------------------------------------------------------------- sparsify
+
+
+def _user_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 10),
+    )
+    _randomize_bn(model[1])
+    return model.eval()
+
+
+def test_sparsify_replaces_linear_and_conv_layers_in_place():
+    model = _user_model()
+    out = sparsify(model, droprate_init=0.3)
+    assert out is model
+    assert isinstance(model[0], L0Conv2d) and isinstance(model[3], L0Conv2d)
+    assert isinstance(model[6], L0Linear)
+    assert [m.structured for _, m in gated_layers(model)] == [True, True, True]
+
+
+def test_sparsify_pairs_a_conv_with_its_batchnorm():
+    model = sparsify(_user_model())
+    assert isinstance(model[1], GatedBatchNorm2d)
+    assert model[1].gate_layer is model[0] and model[0].gate_in_norm
+    assert not model[3].gate_in_norm
+
+
+def test_sparsified_model_with_open_gates_matches_the_original():
+    model = _user_model()
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    sparsify(model)
+    for _, layer in gated_layers(model):
+        with torch.no_grad():
+            layer.log_alpha.fill_(OPEN)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_sparsify_skips_layers_by_name_pattern():
+    model = sparsify(_user_model(), skip=["0", "6"])
+    assert [name for name, _ in gated_layers(model)] == ["3"]
+    assert type(model[1]) is nn.BatchNorm2d
+
+
+def test_sparsify_skips_layers_by_predicate():
+    model = sparsify(_user_model(), skip=lambda name, m: isinstance(m, nn.Linear))
+    assert [name for name, _ in gated_layers(model)] == ["0", "3"]
+
+
+def test_sparsify_unstructured_does_not_pair_batchnorms():
+    model = sparsify(_user_model(), structured=False)
+    assert type(model[1]) is nn.BatchNorm2d
+    assert all(not m.structured for _, m in gated_layers(model))
+
+
+def test_sparsify_uses_the_droprate_for_every_layer():
+    model = sparsify(_user_model(), droprate_init=0.1)
+    for _, layer in gated_layers(model):
+        assert layer.log_alpha.mean().item() == pytest.approx(2.197, abs=0.05)
+
+
+def test_sparsify_falls_back_to_sequential_adjacency_for_untraceable_models():
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow defeats torch.fx
+                return self.body(x)
+            return -self.body(x)
+
+    model = sparsify(Untraceable())
+    assert isinstance(model.body[1], GatedBatchNorm2d)
+    assert model(torch.randn(2, 3, 5, 5)).shape == (2, 4, 3, 3)
+
+
+def test_sparsify_can_be_applied_again_to_a_partly_gated_training_model():
+    model = sparsify(_user_model(), skip="3").train()
+    sparsify(model, skip=["0", "6"])
+    assert [name for name, _ in gated_layers(model)] == ["0", "3", "6"]
+    assert model[1].gate_layer is model[0]
+    assert model(torch.randn(2, 3, 6, 6)).shape == (2, 10)
+
+
+def test_sparsify_rejects_a_bare_layer():
+    with pytest.raises(ValueError, match="container"):
+        sparsify(nn.Linear(2, 2))
