@@ -23,7 +23,7 @@ with ``torch.optim.LBFGS`` (strong-Wolfe line search), then, following the LANCE
 Variable bounds :math:`l \le x \le u` enter as inequality rows :math:`l - x \le 0`,
 :math:`x - u \le 0` with their own multipliers, and the returned point is clipped to them.
 The solver stops when the KKT report meets the tolerances (primal feasibility, complementary
-slackness, stationarity).
+slackness, stationarity); otherwise it returns the iterate with the best KKT measures it met.
 """
 
 from __future__ import annotations
@@ -216,12 +216,12 @@ def solve(
     *,
     lower: float | torch.Tensor | None = None,
     upper: float | torch.Tensor | None = None,
-    feasibility_tol: float = 1e-8,
-    optimality_tol: float = 1e-6,
+    feasibility_tol: float = 1e-7,
+    optimality_tol: float = 1e-5,
     rho: float = 10.0,
     rho_growth: float = 10.0,
     rho_max: float = 1e12,
-    max_outer: int = 60,
+    max_outer: int = 30,
     max_inner: int = 500,
     history_size: int = 20,
 ) -> SolveResult:
@@ -290,6 +290,7 @@ def solve(
     ninner = 0
     status = 1
     outer = 0
+    best: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def augmented() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f, g, h = evaluate(x)
@@ -338,12 +339,14 @@ def solve(
                 # With the updated multipliers, grad L_A(x) is exactly grad_x L(x, lam, mu).
                 stationarity = float(x.grad.abs().max())
                 slackness = float((lam * g).abs().max()) if g.numel() else 0.0
-                feasible = _violations(g, h) <= feasibility_tol
-                if (
-                    feasible
-                    and slackness <= feasibility_tol
-                    and stationarity <= optimality_tol * scale
-                ):
+                merit = max(
+                    _violations(g, h) / feasibility_tol,
+                    slackness / feasibility_tol,
+                    stationarity / (optimality_tol * scale),
+                )
+                if best is None or merit < best[0]:
+                    best = (merit, x.detach().clone(), lam.clone(), mu.clone())
+                if merit <= 1.0:
                     status = 0
                     break
                 eta = max(eta / rho**0.9, feasibility_tol / 10)
@@ -355,6 +358,11 @@ def solve(
                 rho = min(rho * rho_growth, rho_max)
                 eta, omega = max(rho**-0.1, feasibility_tol), max(1.0 / rho, optimality_tol / 10)
 
+    if status != 0 and best is not None:
+        # The penalty may have grown past usefulness: report the best KKT point met.
+        _, x_best, lam, mu = best
+        with torch.no_grad():
+            x.copy_(x_best)
     with torch.no_grad():
         x_final = torch.maximum(torch.minimum(x.detach(), upper_t), lower_t)
     with torch.enable_grad():
