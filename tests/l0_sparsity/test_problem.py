@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+import conopt
+from l0_sparsity.layers import expected_density, gate_parameters
+from l0_sparsity.models import build_model
+from l0_sparsity.problem import SparsityProblem
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model("mlp", droprate_init=0.5)
+
+
+def batch():
+    return torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+
+
+def test_model_wise_constraint_is_density_minus_target(model):
+    problem = SparsityProblem(model, target=0.3)
+    state = problem.evaluate(*batch())
+    (value,) = state.constraints.values()
+    assert torch.allclose(value, expected_density(model) - 0.3)
+    assert problem.mode == "model-wise"
+
+
+def test_layer_wise_constraint_has_one_entry_per_gated_layer(model):
+    problem = SparsityProblem(model, layer_targets=[0.5, 0.4, 0.9])
+    state = problem.evaluate(*batch())
+    (value,) = state.constraints.values()
+    assert value.shape == (3,)
+    assert problem.layer_density.shape == (3,)
+
+
+def test_layer_targets_by_name_must_cover_every_layer(model):
+    with pytest.raises(ValueError, match="missing"):
+        SparsityProblem(model, layer_targets={"layers.0": 0.5})
+
+
+def test_wrong_number_of_layer_targets_names_the_layers(model):
+    with pytest.raises(ValueError, match="3 gated layers"):
+        SparsityProblem(model, layer_targets=[0.5, 0.5])
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_target_outside_unit_interval_is_rejected(model, bad):
+    with pytest.raises(ValueError, match="density in \\(0, 1\\]"):
+        SparsityProblem(model, target=bad)
+
+
+def test_exactly_one_mode_is_required(model):
+    with pytest.raises(ValueError, match="exactly one"):
+        SparsityProblem(model, target=0.3, penalty=1.0)
+
+
+def test_penalized_problem_adds_penalty_times_density_and_has_no_constraint(model):
+    torch.manual_seed(1)
+    inputs, targets = batch()
+    penalized = SparsityProblem(model, penalty=2.0)
+    assert list(penalized.named_constraints()) == []
+    model.eval()
+    state = penalized.evaluate(inputs, targets)
+    expected = state.extras["cross_entropy"] + 2.0 * expected_density(model)
+    assert torch.allclose(state.loss, expected)
+
+
+def test_density_gradient_reaches_the_gates(model):
+    problem = SparsityProblem(model, target=0.3)
+    state = problem.evaluate(*batch())
+    (value,) = state.constraints.values()
+    value.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gate_parameters(model))
+
+
+def test_problem_state_dict_holds_multipliers_not_model_weights(model):
+    problem = SparsityProblem(model, target=0.3)
+    keys = set(problem.state_dict())
+    assert "density.multiplier.weight" in keys
+    assert not any(k.startswith("layers") for k in keys)
+
+
+def test_constrained_training_lowers_density_toward_target(model):
+    problem = SparsityProblem(model, target=0.5)
+    optimizer = conopt.optim.SimultaneousGDA(
+        problem,
+        primal=[torch.optim.Adam(gate_parameters(model), lr=0.05)],
+        dual=torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True),
+    )
+    inputs, targets = batch()
+    start = float(expected_density(model))
+    for _ in range(60):
+        optimizer.step(lambda: problem.evaluate(inputs, targets))
+    assert float(expected_density(model)) < start - 0.1

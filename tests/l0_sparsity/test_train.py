@@ -1,0 +1,133 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from l0_sparsity.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from l0_sparsity.cli import main
+from l0_sparsity.models import build_model
+from l0_sparsity.presets import PRESETS, get_preset
+from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.train import train
+
+SMOKE = get_preset("synthetic_smoke").replace(threads=1, num_workers=0)
+
+
+def test_smoke_run_writes_metrics_plot_and_checkpoint(tmp_path):
+    result = train(SMOKE.replace(output_dir=str(tmp_path)))
+    assert len(result.history) == SMOKE.epochs
+    assert {"metrics.csv", "training.png", "checkpoint.pt"} <= {p.name for p in tmp_path.iterdir()}
+    row = result.final
+    assert 0 <= row["expected_density"] <= 1 and "multiplier/density" in row
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    full = train(SMOKE.replace(epochs=3, output_dir=str(tmp_path / "full")))
+    train(SMOKE.replace(epochs=1, output_dir=str(tmp_path / "split")))
+    resumed = train(SMOKE.replace(epochs=3, resume=True, output_dir=str(tmp_path / "split")))
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert torch.equal(
+        full.problem.density.multiplier.weight, resumed.problem.density.multiplier.weight
+    )
+    assert [r["expected_density"] for r in full.history] == [
+        r["expected_density"] for r in resumed.history
+    ]
+
+
+def test_layer_wise_run_with_one_target_applies_it_to_every_layer(tmp_path):
+    result = train(SMOKE.replace(epochs=1, layer_targets=(0.5,), output_dir=str(tmp_path)))
+    assert result.problem.mode == "layer-wise"
+    assert result.problem.targets.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_penalized_run_goes_through_the_same_loop(tmp_path):
+    result = train(SMOKE.replace(epochs=1, penalty=1.0, output_dir=str(tmp_path)))
+    assert result.problem.mode == "penalized"
+    assert not any(k.startswith("multiplier") for k in result.final)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_its_model_and_problem(name):
+    preset = PRESETS[name]
+    in_channels = 1 if preset.dataset in ("mnist5k", "fashion_mnist", "synthetic") else 3
+    num_classes = {"cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}.get(preset.dataset, 10)
+    model = build_model(preset.model, num_classes=num_classes, in_channels=in_channels)
+    targets = {"penalty": preset.penalty} if preset.penalty is not None else {"target": preset.target}
+    SparsityProblem(model, **targets)
+
+
+def test_cli_train_runs_a_preset(tmp_path, capsys):
+    code = main(["train", "--preset", "synthetic_smoke", "--epochs", "1", "--threads", "1",
+                 "--output-dir", str(tmp_path), "--target", "0.5"])
+    assert code == 0
+    assert "done: test error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--preset", "nope"], "unknown preset"),
+        (["--target", "1.5"], "target must be a density"),
+        (["--model", "vgg"], "unknown model"),
+        (["--dataset", "mnist9"], "unknown dataset"),
+        (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], "cifar"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, arguments, message):
+    code = main(["train", "--preset", "synthetic_smoke", "--output-dir", str(tmp_path), *arguments])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err.lower() and "Traceback" not in err
+
+
+def test_cli_refuses_a_corrupted_checkpoint_and_leaves_it_untouched(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    code = main(["train", "--preset", "synthetic_smoke", "--output-dir", str(tmp_path), "--resume"])
+    assert code == 2 and "corrupted" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == b"not a checkpoint"
+
+
+def test_resuming_another_models_checkpoint_is_refused(tmp_path):
+    train(SMOKE.replace(epochs=1, output_dir=str(tmp_path)))
+    with pytest.raises(CheckpointError, match="written for model"):
+        train(SMOKE.replace(model="lenet5", epochs=2, resume=True, output_dir=str(tmp_path)))
+
+
+def test_checkpoint_survives_sigkill_while_writing(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    payload = {"format_version": 1, "config": {}, "epoch": 0, "model": {}, "problem": {},
+               "optimizer": {}}
+    save_atomic(payload, path)
+    writer = textwrap.dedent(f"""
+        import torch
+        from l0_sparsity.checkpoint import save_atomic
+        big = torch.zeros(20_000_000)
+        epoch = 1
+        while True:
+            save_atomic({{"format_version": 1, "config": {{}}, "epoch": epoch, "model": {{"w": big}},
+                         "problem": {{}}, "optimizer": {{}}}}, {str(path)!r})
+            epoch += 1
+    """)
+    process = subprocess.Popen([sys.executable, "-c", writer])
+    try:
+        for _ in range(200):
+            if load_checkpoint(path)["epoch"] >= 1:
+                break
+            process.poll()
+            assert process.returncode is None
+            torch.randn(1)  # yield
+            os.sched_yield()
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert load_checkpoint(path)["epoch"] >= 0
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]
+    assert all(p.name.startswith(".checkpoint.pt.") for p in leftovers)
