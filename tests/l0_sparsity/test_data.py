@@ -13,6 +13,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
+
 from l0_sparsity.data import (
     CIFAR10_STATS,
     DATASETS,
@@ -35,7 +37,6 @@ from l0_sparsity.data import (
     stratified_subset,
 )
 from l0_sparsity.data.transforms import pil_to_tensor, random_resized_crop_box
-from PIL import Image
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 

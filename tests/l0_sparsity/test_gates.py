@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from l0_sparsity.gates import (
     BETA,
     GAMMA,

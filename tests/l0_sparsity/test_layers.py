@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from l0_sparsity.gates import HardConcrete
 from l0_sparsity.layers import (
     GatedBatchNorm2d,
@@ -21,7 +23,6 @@ from l0_sparsity.layers import (
     test_density,
     weight_parameters,
 )
-from torch import nn
 
 HC = HardConcrete()
 OPEN, DEAD = 20.0, -20.0  # log α giving median gates of exactly 1 and 0

@@ -4,6 +4,8 @@ import functools
 
 import pytest
 import torch
+from torch import nn
+
 from l0_sparsity.layers import (
     GatedBatchNorm2d,
     L0Conv2d,
@@ -12,7 +14,6 @@ from l0_sparsity.layers import (
     gated_layers,
 )
 from l0_sparsity.models import MODELS, build_model
-from torch import nn
 
 # name -> (in_channels, input side): 28 for MNIST models, 32 for CIFAR ones, 64 for ImageNet ones
 SPECS = {

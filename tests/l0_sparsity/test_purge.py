@@ -7,6 +7,8 @@ import textwrap
 
 import pytest
 import torch
+from torch import nn
+
 from l0_sparsity.layers import GatedBatchNorm2d, L0Linear, gated_layers, sparsify
 from l0_sparsity.models import build_model
 from l0_sparsity.purge import (
@@ -17,7 +19,6 @@ from l0_sparsity.purge import (
     purge_report,
     save_purged,
 )
-from torch import nn
 
 SPECS = {
     "mlp": (1, 28),

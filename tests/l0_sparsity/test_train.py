@@ -57,13 +57,28 @@ def test_every_preset_builds_its_model_and_problem(name):
     in_channels = 1 if preset.dataset in ("mnist5k", "fashion_mnist", "synthetic") else 3
     num_classes = {"cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}.get(preset.dataset, 10)
     model = build_model(preset.model, num_classes=num_classes, in_channels=in_channels)
-    targets = {"penalty": preset.penalty} if preset.penalty is not None else {"target": preset.target}
-    SparsityProblem(model, **targets)
+    if preset.penalty is not None:
+        SparsityProblem(model, penalty=preset.penalty)
+    else:
+        SparsityProblem(model, target=preset.target)
 
 
 def test_cli_train_runs_a_preset(tmp_path, capsys):
-    code = main(["train", "--preset", "synthetic_smoke", "--epochs", "1", "--threads", "1",
-                 "--output-dir", str(tmp_path), "--target", "0.5"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "synthetic_smoke",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--target",
+            "0.5",
+        ]
+    )
     assert code == 0
     assert "done: test error" in capsys.readouterr().out
 
@@ -101,8 +116,14 @@ def test_resuming_another_models_checkpoint_is_refused(tmp_path):
 
 def test_checkpoint_survives_sigkill_while_writing(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    payload = {"format_version": 1, "config": {}, "epoch": 0, "model": {}, "problem": {},
-               "optimizer": {}}
+    payload = {
+        "format_version": 1,
+        "config": {},
+        "epoch": 0,
+        "model": {},
+        "problem": {},
+        "optimizer": {},
+    }
     save_atomic(payload, path)
     writer = textwrap.dedent(f"""
         import torch
@@ -110,8 +131,9 @@ def test_checkpoint_survives_sigkill_while_writing(tmp_path):
         big = torch.zeros(20_000_000)
         epoch = 1
         while True:
-            save_atomic({{"format_version": 1, "config": {{}}, "epoch": epoch, "model": {{"w": big}},
-                         "problem": {{}}, "optimizer": {{}}}}, {str(path)!r})
+            payload = {{"format_version": 1, "config": {{}}, "epoch": epoch,
+                       "model": {{"w": big}}, "problem": {{}}, "optimizer": {{}}}}
+            save_atomic(payload, {str(path)!r})
             epoch += 1
     """)
     process = subprocess.Popen([sys.executable, "-c", writer])
