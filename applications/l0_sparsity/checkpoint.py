@@ -22,6 +22,24 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupted, or belongs to another run."""
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` as one printable line, for error messages.
+
+    Whitespace runs become one space, other control characters are escaped, and anything past
+    ``limit`` characters is cut (``…``).
+
+    Args:
+        text: Any message (e.g. a multi-line ``load_state_dict`` or unpickling error).
+        limit: The longest line returned.
+
+    Returns:
+        The single-line message.
+    """
+    printable = "".join(c if c.isprintable() or c.isspace() else repr(c)[1:-1] for c in text)
+    flat = " ".join(printable.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def save_atomic(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``payload`` with ``torch.save`` to ``path`` atomically (temp file, fsync, rename)."""
     path = Path(path)
@@ -58,7 +76,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # any unpickling failure means a corrupted file
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable: {error}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted or unreadable: {one_line(str(error))}"
+        ) from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not an l0_sparsity training checkpoint.")
     if payload["format_version"] != FORMAT_VERSION:

@@ -11,8 +11,10 @@ Subcommands:
 * ``purge CHECKPOINT OUT``: build the physically smaller model from a training checkpoint and save
   it so that it loads with plain ``torch.export.load``.
 
-User errors (bad values, unknown names, missing data, corrupted checkpoints) end with one line on
-stderr and exit code 2, without a traceback.
+User errors (bad values, unknown names, missing data, corrupted checkpoints, checkpoints of
+another run) end with one line on stderr and exit code 2, without a traceback, before any file
+is written. A run refused for a NaN/Inf loss or constraint (``--on-nonfinite raise``, the
+default) ends the same way with exit code 1.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from l0_sparsity.checkpoint import CheckpointError
+from conopt.optim.lagrangian import NonFiniteError
+from l0_sparsity.checkpoint import CheckpointError, one_line
 from l0_sparsity.data import DatasetNotFoundError
 from l0_sparsity.presets import PRESETS, TrainConfig, get_preset
 
+EXIT_TRAINING_FAILED = 1
 EXIT_USER_ERROR = 2
 
 
@@ -35,8 +39,29 @@ class UserError(Exception):
     """An error caused by the user's input, reported without a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the usage is left to ``--help``)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print ``prog: error: message`` on one line and exit with code 2."""
+        self.exit(
+            EXIT_USER_ERROR,
+            f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n",
+        )
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _comma_separated(item: type) -> Any:
+    """A converter of ``"0.2,0.3"`` to ``(0.2, 0.3)``, named for argparse's error messages."""
+
+    def convert(text: str) -> tuple[Any, ...]:
+        return tuple(item(v) for v in text.split(",") if v.strip())
+
+    convert.__name__ = f"comma-separated {item.__name__}"
+    return convert
 
 
 def _parser_for(annotation: Any) -> tuple[Any, bool]:
@@ -45,8 +70,7 @@ def _parser_for(annotation: Any) -> tuple[Any, bool]:
     if annotation is bool or annotation == "bool":
         return None, True
     if typing.get_origin(annotation) is tuple:
-        item = typing.get_args(annotation)[0]
-        return (lambda text: tuple(item(v) for v in text.split(",") if v.strip())), False
+        return _comma_separated(typing.get_args(annotation)[0]), False
     for kind in (int, float, str):
         if annotation is kind or kind in hints:
             return kind, False
@@ -94,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``l0-sparsity`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="l0-sparsity", description="Train networks to a chosen density with L0 gates."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +141,8 @@ def _run_train(config: TrainConfig) -> None:
     from l0_sparsity.train import train
 
     result = train(config)
+    if result.rank != 0:  # under torchrun, rank 0 reports for all
+        return
     final = result.final
     print(
         f"done: test error {final['test_error']:.4f}, expected density "
@@ -142,9 +168,21 @@ def _run_purge(checkpoint: str, out: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``l0-sparsity`` console script; returns the exit code."""
+    """Entry point of the ``l0-sparsity`` console script; returns the exit code.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 1 when training was refused for a NaN/Inf, 2 for a user error, 130 when
+        interrupted.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed
+        code = exit_.code
+        return 0 if code is None else code if isinstance(code, int) else EXIT_USER_ERROR
     try:
         if args.command == "train":
             _run_train(config_from_args(args))
@@ -161,8 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "purge":
             _run_purge(args.checkpoint, args.out)
+    except NonFiniteError as error:
+        print(f"l0-sparsity: error: {one_line(str(error), limit=1000)}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
     except (UserError, ValueError, CheckpointError, DatasetNotFoundError) as error:
-        print(f"l0-sparsity: error: {error}", file=sys.stderr)
+        print(f"l0-sparsity: error: {one_line(str(error), limit=1000)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("l0-sparsity: interrupted", file=sys.stderr)

@@ -43,7 +43,9 @@ class TrainConfig:
         dual_restarts: Reset multipliers of satisfied constraints (Gallego-Posada et al., 2022).
         seed: Seed of initialization, data order and gate noise.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
-        amp: Mixed precision on CUDA: ``"off"``, ``"bf16"`` or ``"fp16"`` (with a GradScaler).
+        amp: Mixed precision: ``"off"``; ``"bf16"`` (autocast on CUDA or CPU); ``"fp16"``
+            (autocast with a GradScaler, CUDA only); ``"auto"`` (bf16 on a CUDA device that
+            supports it, otherwise off). Multipliers and constraint values stay float32.
         channels_last: Use channels-last memory format on CUDA for convolutional models.
         num_workers: Loader worker processes for image-folder datasets.
         output_dir: Where metrics, plots and checkpoints go.
@@ -51,6 +53,10 @@ class TrainConfig:
         progress: Show a progress bar.
         tensorboard: Write TensorBoard event files.
         threads: torch intra-op threads on CPU (0 keeps torch's default).
+        on_nonfinite: What a NaN/Inf loss or constraint value does: ``"raise"`` ends the run
+            with an error naming it; ``"skip"`` skips the step (no parameter or multiplier
+            changes) and counts it in the ``skipped_steps`` metric.
+        compile: Compile the model's forward pass with ``torch.compile``.
     """
 
     preset: str = "custom"
@@ -84,6 +90,8 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     threads: int = 0
+    on_nonfinite: str = "raise"
+    compile: bool = False
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
@@ -109,7 +117,7 @@ _GPU_RECIPE: dict[str, Any] = {
     "weight_decay": 5e-4,
     "droprate_init": 0.3,
     "target": 0.5,
-    "amp": "bf16",
+    "amp": "auto",
     "channels_last": True,
 }
 

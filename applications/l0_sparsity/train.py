@@ -5,14 +5,28 @@ Per epoch it trains with :class:`conopt.optim.SimultaneousGDA` through the open 
 error with test-time gates, logs metrics (CSV, TensorBoard), and writes an atomic checkpoint
 (model, problem, optimizer, scheduler, epoch, config, RNG states). ``resume=True`` continues
 from it exactly; data order is a pure function of (seed, epoch).
+
+**Under DDP** (``torchrun --nproc_per_node=N``), each rank trains on its shard of every global
+batch (``batch_size`` is global), the test set is sharded too and the metrics are summed over the
+ranks; rank 0 alone logs and writes checkpoints, and every rank loads the checkpoint on resume.
+All ranks are seeded alike: they start from the same parameters (DDP also broadcasts rank 0's at
+wrap time) and draw the *same* gate sample ``z`` at each step, as a single process does for the
+whole global batch. So the N-process run computes the same gradients as the single-process run
+over the same global batches (up to the summation order of DDP's gradient average), the RNG
+state saved by rank 0 is every rank's, and the expected density, a function of the parameters
+only (``Constraint(reduction=None)``), is the same on every rank, which keeps the multipliers
+identical without any communication. A NaN/Inf on any rank is agreed on by all ranks, which then
+raise or skip the step together.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +36,16 @@ import torch
 from torch import nn
 
 import conopt
+from conopt.optim.lagrangian import NonFiniteError
 from l0_sparsity import distributed
-from l0_sparsity.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
-from l0_sparsity.data import build_datasets, make_loader
+from l0_sparsity.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    one_line,
+    save_atomic,
+)
+from l0_sparsity.data import DATASETS, build_datasets, make_loader
 from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
 from l0_sparsity.metrics import MetricsLogger
 from l0_sparsity.models import build_model
@@ -45,6 +66,7 @@ class TrainResult:
         model: The trained gated model (unwrapped from DDP).
         problem: The sparsity problem (multipliers included).
         output_dir: Where the run's files are.
+        rank: This process's rank (0 without DDP); rank 0 wrote the files.
     """
 
     config: TrainConfig
@@ -52,6 +74,7 @@ class TrainResult:
     model: nn.Module
     problem: SparsityProblem
     output_dir: Path
+    rank: int = 0
 
     @property
     def final(self) -> dict[str, Any]:
@@ -60,7 +83,11 @@ class TrainResult:
 
 
 def validate_config(config: TrainConfig) -> None:
-    """Reject inconsistent settings with one clear message each."""
+    """Reject inconsistent settings with one clear message each.
+
+    Raises:
+        ValueError: For the first invalid setting found.
+    """
     checks = [
         (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
@@ -86,14 +113,91 @@ def validate_config(config: TrainConfig) -> None:
             f"droprate_init must be in (0, 1), got {config.droprate_init}",
         ),
         (
-            config.amp in ("off", "bf16", "fp16"),
-            f"amp must be 'off', 'bf16' or 'fp16', got {config.amp!r}",
+            config.amp in ("off", "bf16", "fp16", "auto"),
+            f"amp must be 'off', 'bf16', 'fp16' or 'auto', got {config.amp!r}",
         ),
         (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
+        (
+            config.on_nonfinite in ("raise", "skip"),
+            f"on_nonfinite must be 'raise' or 'skip', got {config.on_nonfinite!r}",
+        ),
+        (
+            config.subset is None or config.subset >= 1,
+            f"subset must be >= 1, got {config.subset}",
+        ),
+        (
+            config.test_subset is None or config.test_subset >= 1,
+            f"test_subset must be >= 1, got {config.test_subset}",
+        ),
+        (config.num_workers >= 0, f"num_workers must be >= 0, got {config.num_workers}"),
+        (config.threads >= 0, f"threads must be >= 0, got {config.threads}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message + ".")
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the ``amp`` setting on ``device`` (``None``: full precision).
+
+    Args:
+        amp: ``"off"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 on a CUDA device that
+            supports it, else off).
+        device: The training device.
+
+    Returns:
+        ``torch.bfloat16``, ``torch.float16`` (trained with a GradScaler) or ``None``.
+
+    Raises:
+        ValueError: For ``"fp16"`` on a device other than CUDA.
+    """
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"amp='fp16' needs a CUDA device (float16 autocast with a GradScaler), but the "
+            f"device is {device.type!r}; use amp='bf16' there."
+        )
+    return _AMP_DTYPES.get(amp)
+
+
+def _dataset_options(config: TrainConfig) -> dict[str, Any]:
+    """The dataset builder's options set in ``config``, refusing those it does not take."""
+    options = {
+        k: v
+        for k, v in (("subset", config.subset), ("test_subset", config.test_subset))
+        if v is not None
+    }
+    builder = DATASETS.get(config.dataset)
+    if builder is None:
+        return options  # build_datasets reports the unknown name
+    accepted = {
+        p.name
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"dataset {config.dataset!r} does not accept {', '.join(unknown)}.")
+    return options
+
+
+def _problem_signature(config: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a checkpoint's run and this run must share to resume: model, data and constraint."""
+    if config.get("penalty") is not None:
+        mode: tuple[Any, ...] = ("penalty", config.get("penalty"))
+    elif config.get("layer_targets"):
+        mode = ("layer_targets", tuple(config.get("layer_targets") or ()))
+    else:
+        mode = ("target", config.get("target"))
+    return (config.get("model"), config.get("dataset"), config.get("structured"), *mode)
+
+
+def _describe(signature: tuple[Any, ...]) -> str:
+    """``_problem_signature`` in words, for error messages."""
+    model, dataset, structured, mode, value = signature
+    gates = "structured" if structured else "unstructured"
+    return f"model {model!r} ({gates} gates) on {dataset!r} with {mode} {value}"
 
 
 def _seed_everything(seed: int) -> None:
@@ -139,25 +243,96 @@ def _problem(config: TrainConfig, model: nn.Module) -> SparsityProblem:
 
 
 @torch.no_grad()
-def evaluate_accuracy(
-    model: nn.Module, loader: Any, device: torch.device, amp: str = "off"
-) -> tuple[float, int]:
-    """Top-1 accuracy of ``model`` (eval mode, test-time gates) and the number of samples."""
+def count_correct(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    num_samples: int | None = None,
+) -> tuple[int, int]:
+    """Correct top-1 predictions of ``model`` (eval mode, test-time gates) on this rank's shard.
+
+    Args:
+        model: The (unwrapped) model.
+        loader: An evaluation loader: rank ``rank``'s shard of a padded, unshuffled order.
+        device: Where the model is.
+        dtype: The autocast dtype, or ``None`` for full precision.
+        rank: This process's rank.
+        world_size: The number of ranks sharing the test set.
+        num_samples: The test set's size: positions past it are padding (repeats that make the
+            shards equal) and are not counted. ``None`` counts everything.
+
+    Returns:
+        ``(correct, counted)``; summed over the ranks they count every test sample once.
+    """
     model.eval()
-    correct = total = 0
+    correct = total = seen = 0
     for inputs, targets, _ in loader:
         inputs, targets = (
             inputs.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         )
-        with torch.autocast(
-            device.type, dtype=_AMP_DTYPES.get(amp, torch.float32), enabled=amp != "off"
-        ):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(inputs)
-        correct += int((logits.argmax(dim=1) == targets).sum())
-        total += targets.numel()
+        hits = logits.argmax(dim=1) == targets
+        if num_samples is not None:
+            positions = rank + world_size * (seen + torch.arange(targets.numel(), device=device))
+            valid = positions < num_samples
+            hits = hits & valid
+            total += int(valid.sum())
+        else:
+            total += targets.numel()
+        seen += targets.numel()
+        correct += int(hits.sum())
     model.train()
+    return correct, total
+
+
+def evaluate_accuracy(
+    model: nn.Module, loader: Any, device: torch.device, amp: str = "off"
+) -> tuple[float, int]:
+    """Top-1 accuracy of ``model`` (eval mode, test-time gates) and the number of samples.
+
+    Args:
+        model: The model.
+        loader: Batches ``(inputs, targets, indices)``.
+        device: Where the model is.
+        amp: The trainer's ``amp`` setting.
+    """
+    correct, total = count_correct(model, loader, device, amp_dtype(amp, device))
     return correct / max(total, 1), total
+
+
+def _finite(state: conopt.ProblemState) -> torch.Tensor:
+    """Whether the loss and every constraint value are finite, as a 0/1 tensor (no sync)."""
+    flags = [torch.isfinite(state.loss).all()]
+    for value in state.constraints.values():
+        if isinstance(value, conopt.ConstraintState):
+            flags += [torch.isfinite(value.value).all(), torch.isfinite(value.dual_value).all()]
+        else:
+            flags.append(torch.isfinite(value).all())
+    return torch.stack(flags).all().to(torch.int32).reshape(1)
+
+
+def _agree_on_finiteness(state: conopt.ProblemState, policy: str) -> conopt.ProblemState:
+    """Under DDP: make every rank refuse a step that is not finite on some rank.
+
+    A rank whose values are finite while another's are not raises (``policy="raise"``) or
+    returns ``state`` with a NaN loss, so that its optimizer skips the step with the others
+    (``"skip"``): a lone rank stepping would wait forever for the others' gradients.
+    """
+    local = _finite(state)
+    everywhere = distributed.all_reduce_min_(local.clone())
+    if bool(everywhere) or not bool(local):
+        return state  # all finite, or this rank's optimizer names the culprit itself
+    if policy == "raise":
+        raise NonFiniteError(
+            "a loss or constraint value is not finite on another rank; the step was refused."
+        )
+    return dataclasses.replace(state, loss=torch.full_like(state.loss, math.nan))
 
 
 def _progress(iterable: Any, enabled: bool, description: str) -> Any:
@@ -173,26 +348,41 @@ def _progress(iterable: Any, enabled: bool, description: str) -> Any:
 def train(config: TrainConfig) -> TrainResult:
     """Train a gated model to the configured density and return the run's history.
 
+    Under ``torchrun`` it joins (or initializes) the process group and trains with DDP; see the
+    module docstring.
+
+    Args:
+        config: The run's settings.
+
+    Returns:
+        The run's configuration, per-epoch metrics, model and problem.
+
     Raises:
         ValueError: For an invalid configuration, model or dataset name.
         l0_sparsity.data.DatasetNotFoundError: When the dataset's files are missing.
         l0_sparsity.checkpoint.CheckpointError: When resuming from a corrupted checkpoint or one
-            of a different model.
+            of a different model or constraint.
+        conopt.optim.lagrangian.NonFiniteError: When a loss or constraint value is NaN/Inf and
+            ``config.on_nonfinite == "raise"``; the message names it.
     """
     validate_config(config)
     context = distributed.setup(config.device)
+    try:
+        return _train(config, context)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(config: TrainConfig, context: distributed.DistributedContext) -> TrainResult:
     device = context.device
+    dtype = amp_dtype(config.amp, device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     output_dir = Path(config.output_dir)
     checkpoint_path = output_dir / CHECKPOINT_NAME
 
-    options = {
-        k: v
-        for k, v in (("subset", config.subset), ("test_subset", config.test_subset))
-        if v is not None
-    }
+    options = _dataset_options(config)
     train_set, test_set, info = build_datasets(config.dataset, config.data_root, **options)
     if config.batch_size % context.world_size:
         raise ValueError(
@@ -211,7 +401,13 @@ def train(config: TrainConfig) -> TrainResult:
         device=device,
     )
     test_loader = make_loader(
-        test_set, 256, train=False, num_workers=config.num_workers, device=device
+        test_set,
+        256,
+        train=False,
+        rank=context.rank,
+        world_size=context.world_size,
+        num_workers=config.num_workers,
+        device=device,
     )
 
     model = build_model(
@@ -229,6 +425,8 @@ def train(config: TrainConfig) -> TrainResult:
         forward_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if config.compile:
+        forward_model = torch.compile(forward_model)  # type: ignore[assignment]
     problem = _problem(config, forward_model).to(device)
     weights_opt = _make_optimizer(config.optimizer, weight_parameters(model), config.lr)
     gates_opt = _make_optimizer(config.optimizer, gate_parameters(model), config.gates_lr)
@@ -237,36 +435,40 @@ def train(config: TrainConfig) -> TrainResult:
         torch.optim.SGD(dual_params, lr=config.dual_lr, maximize=True) if dual_params else None
     )
     optimizer = conopt.optim.SimultaneousGDA(
-        problem, [weights_opt, gates_opt], dual_opt, dual_restarts=config.dual_restarts
+        problem,
+        [weights_opt, gates_opt],
+        dual_opt,
+        dual_restarts=config.dual_restarts,
+        on_nonfinite=config.on_nonfinite,  # type: ignore[arg-type]
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         weights_opt, milestones=list(config.lr_milestones), gamma=config.lr_gamma
     )
-    use_amp = config.amp != "off" and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     start_epoch = 0
     if config.resume and checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path)
-        if (
-            payload["config"].get("model") != config.model
-            or payload["config"].get("dataset") != config.dataset
-        ):
+        written = payload["config"] if isinstance(payload["config"], Mapping) else {}
+        if _problem_signature(written) != _problem_signature(dataclasses.asdict(config)):
             raise CheckpointError(
-                f"{checkpoint_path} was written for model {payload['config'].get('model')!r} on "
-                f"{payload['config'].get('dataset')!r}, not {config.model!r} on {config.dataset!r}."
+                f"{checkpoint_path} was written for "
+                f"{_describe(_problem_signature(written))}, not "
+                f"{_describe(_problem_signature(dataclasses.asdict(config)))}."
             )
         try:
             model.load_state_dict(payload["model"])
             problem.load_state_dict(payload["problem"])
             optimizer.load_state_dict(payload["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{checkpoint_path} does not fit this model: {error}") from None
-        scheduler.load_state_dict(payload["scheduler"])
-        if scaler is not None and payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
-        _set_rng_state(payload["rng"])
-        start_epoch = payload["epoch"] + 1
+            scheduler.load_state_dict(payload["scheduler"])
+            if scaler is not None and payload.get("scaler"):
+                scaler.load_state_dict(payload["scaler"])
+            _set_rng_state(payload["rng"])
+            start_epoch = int(payload["epoch"]) + 1
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(
+                f"{checkpoint_path} does not fit this run: {one_line(str(error))}"
+            ) from None
 
     logger = (
         MetricsLogger(output_dir, config.tensorboard and context.is_main, start_epoch)
@@ -280,6 +482,7 @@ def train(config: TrainConfig) -> TrainResult:
         train_loader.set_epoch(epoch)
         model.train()
         loss_sum = correct = seen = 0.0
+        skipped = 0
         report = None
         for inputs, targets, _ in _progress(
             train_loader, config.progress and context.is_main, f"epoch {epoch + 1}/{config.epochs}"
@@ -287,10 +490,25 @@ def train(config: TrainConfig) -> TrainResult:
             if config.channels_last and device.type == "cuda" and inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
-                device.type, dtype=_AMP_DTYPES.get(config.amp, torch.float32), enabled=use_amp
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ):
                 state = problem.evaluate(inputs, targets)
-            lagrangian = optimizer.lagrangian(state)
+            skipped_before = optimizer.skipped_steps
+            try:
+                if context.enabled:
+                    state = _agree_on_finiteness(state, config.on_nonfinite)
+                lagrangian = optimizer.lagrangian(state)
+            except NonFiniteError as error:
+                raise NonFiniteError(
+                    f"epoch {epoch + 1}, step {optimizer.step_count + 1}"
+                    f"{f' (rank {context.rank})' if context.enabled else ''}: {error} "
+                    "Set on_nonfinite='skip' (--on-nonfinite skip) to skip such steps."
+                ) from None
+            if optimizer.skipped_steps > skipped_before:  # refused: nothing changes
+                optimizer.apply()
+                optimizer.zero_grad()
+                skipped += 1
+                continue
             (scaler.scale(lagrangian) if scaler is not None else lagrangian).backward()
             report = optimizer.apply(scaler=scaler)
             if scaler is not None:
@@ -301,21 +519,40 @@ def train(config: TrainConfig) -> TrainResult:
             correct += float((state.extras["logits"].argmax(dim=1) == targets).sum())
             seen += batch
         scheduler.step()
-        accuracy, _ = evaluate_accuracy(
-            model, test_loader, device, config.amp if use_amp else "off"
+        counts = torch.tensor(
+            [
+                loss_sum,
+                correct,
+                seen,
+                *count_correct(
+                    model,
+                    test_loader,
+                    device,
+                    dtype,
+                    rank=context.rank,
+                    world_size=context.world_size,
+                    num_samples=len(test_set),
+                ),
+            ],
+            dtype=torch.float64,
+            device=device,
         )
+        loss_sum, correct, seen, test_correct, test_total = distributed.all_reduce_sum_(
+            counts
+        ).tolist()
         with torch.no_grad():
             density, per_layer = problem.densities()
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_error": 1 - correct / max(seen, 1),
-            "test_error": 1 - accuracy,
+            "train_loss": loss_sum / seen if seen else math.nan,
+            "train_error": 1 - correct / seen if seen else math.nan,
+            "test_error": 1 - test_correct / max(test_total, 1),
             "expected_density": float(density),
             "purged_density": test_density(model),
             "target": float(problem.targets) if problem.targets.dim() == 0 else math.nan,
             "lr": weights_opt.param_groups[0]["lr"],
             "gates_lr": gates_opt.param_groups[0]["lr"],
+            "skipped_steps": skipped,
             "epoch_seconds": time.perf_counter() - started,
         }
         row.update(
@@ -323,8 +560,8 @@ def train(config: TrainConfig) -> TrainResult:
         )
         for name, multiplier in _multipliers(problem).items():
             row[name] = multiplier
-        if report is not None:
-            row["max_violation"] = report.kkt.max_violation
+        # NaN when every step of the epoch was skipped (the CSV keeps the same columns)
+        row["max_violation"] = report.kkt.max_violation if report is not None else math.nan
         history.append(row)
         if logger is not None:
             logger.log(row)
@@ -352,8 +589,7 @@ def train(config: TrainConfig) -> TrainResult:
     if logger is not None:
         logger.plot()
         logger.close()
-    distributed.teardown()
-    return TrainResult(config, history, model, problem, output_dir)
+    return TrainResult(config, history, model, problem, output_dir, context.rank)
 
 
 def _multipliers(problem: SparsityProblem) -> dict[str, float]:
