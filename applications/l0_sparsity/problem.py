@@ -47,6 +47,7 @@ class SparsityProblem(conopt.ConstrainedProblem):
     Example:
         >>> import torch
         >>> from l0_sparsity.models import build_model
+        >>> from l0_sparsity.problem import SparsityProblem
         >>> model = build_model("mlp")
         >>> problem = SparsityProblem(model, target=0.3)
         >>> state = problem.evaluate(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))

@@ -4,16 +4,16 @@ Every builder takes keyword arguments ``num_classes``, ``droprate_init``, ``stru
 ``gated`` (``gated=False`` builds the same architecture dense, for baselines), plus
 ``in_channels`` and, for the fully connected models, ``image_size``.
 
-=================  ==========================================================================
-name               model (what gets gated)
-=================  ==========================================================================
-``mlp``            MLP 784-300-100-10 (input neurons of every linear layer)
-``lenet5``         LeNet-5-Caffe (conv filters, fc input neurons)
-``resnet18_cifar`` CIFAR ResNet-18, 3×3 stem (every conv inside a residual block)
-``wrn28_10``       WRN-28-10 (``conv1`` of each block)
-``resnet18``       ImageNet ResNet-18, 7×7 stem (every conv inside a residual block)
-``resnet50``       ImageNet ResNet-50, Bottlenecks (every conv inside a residual block)
-=================  ==========================================================================
+==================  ==========================================================================
+name                model (what gets gated)
+==================  ==========================================================================
+``mlp``             MLP 784-300-100-10 (input neurons of every linear layer)
+``lenet5``          LeNet-5-Caffe (conv filters, fc input neurons)
+``resnet18_cifar``  CIFAR ResNet-18, 3×3 stem (every conv inside a residual block)
+``wrn28_10``        WRN-28-10 (``conv1`` of each block)
+``resnet18``        ImageNet ResNet-18, 7×7 stem (every conv inside a residual block)
+``resnet50``        ImageNet ResNet-50, Bottlenecks (every conv inside a residual block)
+==================  ==========================================================================
 """
 
 from __future__ import annotations
