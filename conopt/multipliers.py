@@ -124,7 +124,11 @@ class DenseMultiplier(Multiplier):
             None if shape is None else torch.Size((shape,) if isinstance(shape, int) else shape)
         )
         self._init = init
-        self.weight = nn.Parameter(_initial_weight(self._requested_shape or torch.Size(), init))
+        # Until binding gives the constraint's shape, hold the init's own shape.
+        shape = self._requested_shape
+        self.weight = nn.Parameter(
+            _initial_weight(torch.as_tensor(init).shape if shape is None else shape, init)
+        )
 
     def bind(self, constraint_shape: torch.Size, *, nonnegative: bool) -> None:  # noqa: D102
         if self._requested_shape is not None and self._requested_shape != constraint_shape:

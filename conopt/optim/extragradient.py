@@ -49,10 +49,12 @@ class ExtrapolationMixin:
     @torch.no_grad()
     def extrapolation(self) -> None:
         """Move to the extrapolated point, remembering the current parameters."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                self.state[p][_ORIGIN] = p.detach().clone()
+        origins = [(p, p.detach().clone()) for group in self.param_groups for p in group["params"]]
+        # Store the origins after the step: optimizers such as Adam initialize a parameter's
+        # state only while it is empty.
         super().step()  # type: ignore[misc]
+        for p, origin in origins:
+            self.state[p][_ORIGIN] = origin
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -226,7 +226,9 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
 
 def _raise_nonfinite(state: ProblemState, groups: list[ConstraintGroup]) -> None:
     if not bool(torch.isfinite(state.loss)):
-        raise NonFiniteError(f"the loss is not finite ({float(state.loss)}); the step was refused.")
+        raise NonFiniteError(
+            f"the loss is not finite ({float(state.loss.detach())}); the step was refused."
+        )
     for group in groups:
         for i, entry in enumerate(group.entries):
             for label, tensor in (("value", group.values[i]), ("strict value", group.strict(i))):

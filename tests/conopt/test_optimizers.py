@@ -1,0 +1,475 @@
+"""Specification of SimultaneousGDA and AlternatingGDA, the open path, restarts, proxies."""
+
+import pytest
+import torch
+from torch import nn
+
+import conopt
+from conopt.optim import AlternatingGDA, Extragradient, ExtraSGD, SimultaneousGDA
+
+D = dict(dtype=torch.float64)
+A = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0]], **D)
+B = torch.tensor([0.5, -0.5], **D)
+T = torch.tensor([1.0, 1.0, -1.0], **D)
+X0 = torch.tensor([0.2, 0.4, -0.3], **D)
+LAM0 = torch.tensor([0.3, 0.05], **D)
+LR, DUAL_LR = 0.1, 0.5
+
+
+class Linear(conopt.ConstrainedProblem):
+    """f(x) = ½‖x − T‖², g(x) = A x − B ≤ 0: one vector constraint or one per row."""
+
+    def __init__(self, split=False, kind="<=", init=LAM0):
+        super().__init__()
+        self.split = split
+        if split:
+            self.rows = nn.ModuleList(
+                [conopt.Constraint(kind, multiplier=conopt.DenseMultiplier(init=v)) for v in init]
+            )
+        else:
+            self.g = conopt.Constraint(kind, 2, multiplier=conopt.DenseMultiplier(init=init))
+
+    def evaluate(self, x):
+        g = A @ x - B
+        constraints = dict(zip(self.rows, g.unbind(), strict=True)) if self.split else {self.g: g}
+        return conopt.ProblemState(loss=0.5 * ((x - T) ** 2).sum(), constraints=constraints)
+
+    def lam(self):
+        if self.split:
+            return torch.stack([c.multiplier.weight.detach() for c in self.rows])
+        return self.g.multiplier.weight.detach().clone()
+
+
+def _grad_f(x, lam):
+    return x - T + A.T @ lam
+
+
+def _setup(cls=SimultaneousGDA, split=False, kind="<=", dual=torch.optim.SGD, **kwargs):
+    problem = Linear(split, kind)
+    x = X0.clone().requires_grad_()
+    optimizer = cls(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        dual(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+        **kwargs,
+    )
+    return problem, x, optimizer
+
+
+# -------------------------------------------------------------------------- the updates
+@pytest.mark.parametrize("split", [False, True])
+def test_simultaneous_step_moves_both_players_from_the_same_point(split):
+    problem, x, optimizer = _setup(split=split)
+    optimizer.step(lambda: problem.evaluate(x))
+    assert torch.allclose(x.detach(), X0 - LR * _grad_f(X0, LAM0))
+    assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_alternating_primal_first_updates_multipliers_at_the_new_point(split):
+    problem, x, optimizer = _setup(AlternatingGDA, split=split)
+    optimizer.step(lambda: problem.evaluate(x))
+    x1 = X0 - LR * _grad_f(X0, LAM0)
+    assert torch.allclose(x.detach(), x1)
+    assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ x1 - B)).clamp(min=0))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_alternating_dual_first_moves_x_with_the_new_multipliers(split):
+    problem, x, optimizer = _setup(AlternatingGDA, split=split, dual_first=True)
+    optimizer.step(lambda: problem.evaluate(x))
+    lam1 = (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0)
+    assert torch.allclose(problem.lam(), lam1)
+    assert torch.allclose(x.detach(), X0 - LR * _grad_f(X0, lam1))
+
+
+def test_alternating_primal_first_reports_the_new_point():
+    problem, x, optimizer = _setup(AlternatingGDA)
+    report = optimizer.step(lambda: problem.evaluate(x))
+    x1 = X0 - LR * _grad_f(X0, LAM0)
+    assert torch.allclose(report.constraints["g"].value, A @ x1 - B)
+
+
+def test_equality_multipliers_are_not_projected():
+    problem, x, optimizer = _setup(kind="==")
+    optimizer.step(lambda: problem.evaluate(x))
+    assert torch.allclose(problem.lam(), LAM0 + DUAL_LR * (A @ X0 - B))
+
+
+def test_step_counts_steps_and_reports_them():
+    problem, x, optimizer = _setup()
+    reports = [optimizer.step(lambda: problem.evaluate(x)) for _ in range(3)]
+    assert [r.step for r in reports] == [1, 2, 3] and optimizer.step_count == 3
+    assert not any(r.skipped for r in reports)
+
+
+def test_several_primal_optimizers_each_step_their_parameters():
+    problem = Linear()
+    x = X0.clone().requires_grad_()
+    first, rest = x[:1].detach().clone().requires_grad_(), x[1:].detach().clone()
+    rest.requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        [torch.optim.SGD([first], lr=LR), torch.optim.SGD([rest], lr=LR)],
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+    )
+    optimizer.step(lambda: problem.evaluate(torch.cat([first, rest])))
+    expected = X0 - LR * _grad_f(X0, LAM0)
+    assert torch.allclose(torch.cat([first, rest]).detach(), expected)
+
+
+def test_quadratic_penalty_problem_needs_no_dual_optimizer():
+    problem = conopt.ConstrainedProblem()
+    problem.c = conopt.Constraint("<=", 2, formulation=conopt.QuadraticPenalty(rho=2.0))
+    x = X0.clone().requires_grad_()
+    optimizer = SimultaneousGDA(problem, torch.optim.SGD([x], lr=LR))
+
+    def closure():
+        return conopt.ProblemState(loss=0.5 * (x**2).sum(), constraints={problem.c: A @ x - B})
+
+    optimizer.step(closure)
+    g = A @ X0 - B
+    assert torch.allclose(x.detach(), X0 - LR * (X0 + 2.0 * A.T @ g.clamp(min=0)))
+
+
+def test_zero_grad_clears_both_players():
+    problem, x, optimizer = _setup()
+    optimizer.lagrangian(problem.evaluate(x)).backward()
+    assert x.grad is not None and problem.g.multiplier.weight.grad is not None
+    optimizer.zero_grad()
+    assert x.grad is None and problem.g.multiplier.weight.grad is None
+
+
+# -------------------------------------------------------------------------- the open path
+def test_open_path_equals_step():
+    problem, x, optimizer = _setup()
+    optimizer.step(lambda: problem.evaluate(x))
+    reference = (x.detach().clone(), problem.lam())
+    problem, x, optimizer = _setup()
+    optimizer.zero_grad()
+    optimizer.lagrangian(problem.evaluate(x)).backward()
+    report = optimizer.apply()
+    assert torch.equal(x.detach(), reference[0]) and torch.equal(problem.lam(), reference[1])
+    assert report.step == 1
+
+
+def test_lagrangian_value_is_the_lagrangian():
+    problem, x, optimizer = _setup()
+    value = optimizer.lagrangian(problem.evaluate(x))
+    assert value.item() == pytest.approx(float(0.5 * ((X0 - T) ** 2).sum() + LAM0 @ (A @ X0 - B)))
+
+
+def test_apply_needs_a_preceding_lagrangian():
+    _, _, optimizer = _setup()
+    with pytest.raises(RuntimeError, match=r"lagrangian\(state\)"):
+        optimizer.apply()
+
+
+@pytest.mark.parametrize("cls", [AlternatingGDA, Extragradient])
+def test_optimizers_without_an_open_path_refuse_it(cls):
+    problem = Linear()
+    x = X0.clone().requires_grad_()
+    sgd = ExtraSGD if cls is Extragradient else torch.optim.SGD
+    optimizer = cls(
+        problem, sgd([x], lr=LR), sgd(problem.dual_parameters(), lr=DUAL_LR, maximize=True)
+    )
+    with pytest.raises(TypeError, match="no open step path"):
+        optimizer.lagrangian(problem.evaluate(x))
+
+
+def _clipped_open_step(scaler, max_norm=0.5):
+    problem, x, optimizer = _setup()
+    primal = optimizer.primal_optimizers[0]
+    optimizer.zero_grad()
+    objective = optimizer.lagrangian(problem.evaluate(x))
+    (objective if scaler is None else scaler.scale(objective)).backward()
+    if scaler is not None:
+        scaler.unscale_(primal)
+    torch.nn.utils.clip_grad_norm_([x], max_norm)
+    report = optimizer.apply(scaler=scaler)
+    if scaler is not None:
+        scaler.update()
+    return problem, x, report
+
+
+def test_open_path_with_grad_scaler_and_clipping_equals_the_unscaled_step():
+    problem, x, _ = _clipped_open_step(None)
+    scaled_problem, scaled_x, report = _clipped_open_step(
+        torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    )
+    assert torch.equal(scaled_x.detach(), x.detach())
+    assert torch.equal(scaled_problem.lam(), problem.lam())
+    # the dual step is exactly lr * g: the closed-form dual gradient is never scaled
+    assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
+    gradient = _grad_f(X0, LAM0)
+    assert torch.allclose(x.detach(), X0 - LR * gradient * 0.5 / gradient.norm())
+    assert report.stationarity == pytest.approx(0.5, abs=1e-5)  # the clipped gradient's norm
+
+
+def test_open_path_unscales_gradients_itself_when_the_user_did_not():
+    problem, x, optimizer = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler.scale(optimizer.lagrangian(problem.evaluate(x))).backward()
+    optimizer.apply(scaler=scaler)
+    scaler.update()
+    assert torch.allclose(x.detach(), X0 - LR * _grad_f(X0, LAM0))
+    assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
+
+
+class WithImplicit(conopt.ConstrainedProblem):
+    """A dense and an implicit multiplier in the same group (Lagrangian, '==')."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = conopt.Constraint("==", 2, multiplier=conopt.DenseMultiplier(init=LAM0))
+        model = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[0.5, -0.25]]))
+        self.implicit = conopt.Constraint("==", 1, multiplier=conopt.ImplicitMultiplier(model))
+        self.features = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+
+    def evaluate(self, x):
+        return conopt.ProblemState(
+            loss=0.5 * (x**2).sum(),
+            constraints={
+                self.dense: A @ x - B,
+                self.implicit: conopt.ConstraintState(x[:2, None] - 0.1, features=self.features),
+            },
+        )
+
+
+def _implicit_open_step(scaler):
+    problem = WithImplicit()
+    x = X0.clone().requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+    )
+    objective = optimizer.lagrangian(problem.evaluate(x))
+    (objective if scaler is None else scaler.scale(objective)).backward()
+    optimizer.apply(scaler=scaler)
+    return x.detach(), [p.detach().clone() for p in problem.dual_parameters()]
+
+
+def test_grad_scaler_unscales_implicit_and_closed_form_dual_gradients_alike():
+    x, duals = _implicit_open_step(None)
+    scaled_x, scaled_duals = _implicit_open_step(torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    assert torch.equal(scaled_x, x)
+    for scaled, reference in zip(scaled_duals, duals, strict=True):
+        assert torch.allclose(scaled, reference, rtol=1e-12, atol=0)
+
+
+def test_open_path_runs_under_bf16_autocast_with_a_grad_scaler():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        problem = conopt.ConstrainedProblem()
+        problem.c = conopt.Constraint("<=", 2)
+        optimizer = SimultaneousGDA(
+            problem,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True),
+        )
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        inputs = torch.randn(4, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inputs)
+            value = out.mean(0) + 1
+            state = conopt.ProblemState(
+                loss=out.float().square().mean(), constraints={problem.c: value}
+            )
+        assert value.dtype == torch.bfloat16
+        scaler.scale(optimizer.lagrangian(state)).backward()
+        report = optimizer.apply(scaler=scaler)
+        scaler.update()
+        weight = problem.c.multiplier.weight
+        assert weight.dtype == torch.float32
+        assert torch.equal(weight.detach(), (0.5 * value.detach().float()).clamp(min=0))
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert report.kkt.max_violation > 0
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_gradient_accumulation_over_two_halves_equals_one_full_batch():
+    data = torch.tensor([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0], [-1.0, 1.5]], **D)
+
+    class Batch(conopt.ConstrainedProblem):
+        def __init__(self):
+            super().__init__()
+            self.mean = conopt.Constraint("<=", multiplier=conopt.DenseMultiplier(init=0.2))
+            self.pair = conopt.Constraint("==", 2, multiplier=conopt.DenseMultiplier(init=0.1))
+
+        def evaluate(self, w, rows, weight):
+            prediction = data[rows] @ w
+            return conopt.ProblemState(
+                loss=weight * ((prediction - 1) ** 2).mean(),
+                constraints={
+                    self.mean: weight * (prediction.mean() - 0.5),
+                    self.pair: weight * (w * data[rows].mean(0) - 0.1),
+                },
+            )
+
+    def run(batches):
+        problem = Batch()
+        w = torch.tensor([0.3, -0.2], **D).requires_grad_()
+        optimizer = SimultaneousGDA(
+            problem,
+            torch.optim.SGD([w], lr=LR),
+            torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+        )
+        optimizer.zero_grad()
+        for rows in batches:
+            optimizer.lagrangian(problem.evaluate(w, rows, 1 / len(batches))).backward()
+        optimizer.apply()
+        return w.detach(), [p.detach().clone() for p in problem.dual_parameters()]
+
+    w_acc, duals_acc = run([torch.tensor([0, 1]), torch.tensor([2, 3])])
+    w_full, duals_full = run([torch.tensor([0, 1, 2, 3])])
+    assert torch.allclose(w_acc, w_full, rtol=1e-13, atol=1e-15)
+    for acc, full in zip(duals_acc, duals_full, strict=True):
+        assert torch.allclose(acc, full, rtol=1e-13, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------ restarts
+def _fixed_values_problem(init):
+    """A problem whose constraint takes whatever value the closure gives (x only in f)."""
+    problem = conopt.ConstrainedProblem()
+    problem.c = conopt.Constraint("<=", 3, multiplier=conopt.DenseMultiplier(init=init))
+    return problem
+
+
+def _restart_run(dual_cls, restarts, **dual_kwargs):
+    problem = _fixed_values_problem(1.0)
+    x = torch.zeros(3, **D).requires_grad_()
+    dual = dual_cls(problem.dual_parameters(), lr=0.1, maximize=True, **dual_kwargs)
+    optimizer = SimultaneousGDA(problem, torch.optim.SGD([x], lr=LR), dual, dual_restarts=restarts)
+    for values in ([1.0, 1.0, 1.0], [-1.0, 0.0, 2.0]):  # strictly feasible, boundary, violated
+        g = torch.tensor(values, **D)
+        optimizer.step(
+            lambda g=g: conopt.ProblemState(loss=(x**2).sum(), constraints={problem.c: g + 0 * x})
+        )
+    weight = problem.c.multiplier.weight
+    state = {k: v.clone() for k, v in dual.state[weight].items() if torch.is_tensor(v)}
+    return weight.detach().clone(), state
+
+
+@pytest.mark.parametrize(
+    ("dual_cls", "kwargs", "buffers"),
+    [
+        (torch.optim.SGD, {"momentum": 0.9}, ["momentum_buffer"]),
+        (torch.optim.Adam, {}, ["exp_avg", "exp_avg_sq"]),
+        (torch.optim.Adam, {"amsgrad": True}, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
+    ],
+)
+def test_restarts_zero_multiplier_and_optimizer_state_of_strictly_feasible_entries_only(
+    dual_cls, kwargs, buffers
+):
+    weight, state = _restart_run(dual_cls, True, **kwargs)
+    reference_weight, reference_state = _restart_run(dual_cls, False, **kwargs)
+    assert weight[0] == 0 and reference_weight[0] > 0
+    assert torch.equal(weight[1:], reference_weight[1:])
+    for name in buffers:
+        assert state[name][0] == 0 and reference_state[name][0] != 0, name
+        assert torch.equal(state[name][1:], reference_state[name][1:]), name
+
+
+def test_restarts_leave_equality_multipliers_alone():
+    problem, x, optimizer = _setup(kind="==", dual_restarts=True)
+    optimizer.step(lambda: problem.evaluate(x))
+    assert torch.allclose(problem.lam(), LAM0 + DUAL_LR * (A @ X0 - B))
+
+
+def test_restarts_use_the_values_of_the_step_even_when_the_value_is_the_parameter():
+    problem = conopt.ConstrainedProblem()
+    problem.c = conopt.Constraint("<=", 2, multiplier=conopt.DenseMultiplier(init=1.0))
+    x = torch.tensor([-1.0, 0.5], **D).requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=1.0),
+        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        dual_restarts=True,
+    )
+    # g(x) = x itself; the primal step moves x[0] to a positive value before the dual step
+    report = optimizer.step(
+        lambda: conopt.ProblemState(loss=-10 * x.sum(), constraints={problem.c: x})
+    )
+    assert problem.c.multiplier.weight.tolist() == pytest.approx([0.0, 1.05])
+    assert report.constraints["c"].strict_value.tolist() == [-1.0, 0.5]
+
+
+# ----------------------------------------------------------------------------- proxies
+class Proxy(conopt.ConstrainedProblem):
+    """g's proxy is 2x − 1 (differentiable); its strict value is a step function of x."""
+
+    def __init__(self, formulation=None, init=0.5):
+        super().__init__()
+        self.c = conopt.Constraint(
+            "<=", 2, formulation=formulation, multiplier=conopt.DenseMultiplier(init=init)
+        )
+
+    def evaluate(self, x):
+        proxy = 2 * x - 1
+        strict = (x > 0.25).to(x.dtype) - 0.5 + torch.tensor([0.0, -1.0], **D)
+        return conopt.ProblemState(
+            loss=0.5 * (x**2).sum(),
+            constraints={self.c: conopt.ConstraintState(proxy, strict_value=strict)},
+        )
+
+
+X_PROXY = torch.tensor([0.8, 0.8], **D)  # proxy [0.6, 0.6] > 0; strict [0.5, -0.5]
+
+
+def _proxy_step(formulation=None, **kwargs):
+    problem = Proxy(formulation)
+    x = X_PROXY.clone().requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+        **kwargs,
+    )
+    report = optimizer.step(lambda: problem.evaluate(x))
+    return problem, x, report
+
+
+def test_proxy_value_drives_the_primal_gradient():
+    _, x, _ = _proxy_step()
+    assert torch.allclose(x.detach(), X_PROXY - LR * (X_PROXY + 2 * 0.5))
+
+
+def test_strict_value_drives_the_dual_update():
+    problem, _, _ = _proxy_step()
+    assert problem.c.multiplier.weight.tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_strict_value_drives_the_augmented_lagrangian_dual_update():
+    problem, _, _ = _proxy_step(conopt.AugmentedLagrangian(rho=2.0))
+    assert problem.c.multiplier.weight.tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_strict_value_drives_restarts():
+    problem, _, _ = _proxy_step(dual_restarts=True)
+    assert problem.c.multiplier.weight.tolist() == pytest.approx([0.75, 0.0])
+
+
+def test_strict_value_drives_the_kkt_report():
+    _, _, report = _proxy_step()
+    assert report.constraints["c"].value.tolist() == pytest.approx([0.6, 0.6])
+    assert report.constraints["c"].strict_value.tolist() == pytest.approx([0.5, -0.5])
+    assert report.kkt.max_violation == pytest.approx(0.5)
+    assert report.kkt.max_complementary_slackness == pytest.approx(0.25)
+
+
+# -------------------------------------------------------------------------------- reports
+@pytest.mark.parametrize("split", [False, True])
+def test_report_holds_the_multipliers_the_step_used(split):
+    problem, x, optimizer = _setup(split=split)
+    report = optimizer.step(lambda: problem.evaluate(x))
+    names = ["rows.0", "rows.1"] if split else ["g"]
+    used = torch.cat([report.constraints[n].multiplier.reshape(-1) for n in names])
+    assert torch.equal(used, LAM0)
+    assert not torch.equal(problem.lam(), LAM0)
