@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from conopt import distributed
+
 if TYPE_CHECKING:
     from conopt.problem import ConstraintState
 
@@ -30,6 +32,11 @@ class Multiplier(nn.Module):
     supports_restarts: ClassVar[bool] = True
     """Whether :meth:`restart_` can reset individual entries (dual restarts)."""
 
+    gradient_reduction: ClassVar[str | None] = None
+    """Under ``torch.distributed``: ``None`` when the constraint's *values* are all-reduced
+    before the dual update (multipliers shared by all samples); ``"sum"`` or ``"mean"`` when the
+    multiplier's *gradient* is all-reduced instead (per-sample and implicit multipliers)."""
+
     explicit_gradient: ClassVar[bool] = True
     """Whether the dual gradient is written by :meth:`add_dual_gradient_` in closed form
     (``True``), rather than obtained by backpropagating through :meth:`value`."""
@@ -38,6 +45,7 @@ class Multiplier(nn.Module):
         super().__init__()
         self.nonnegative = False
         self.bound = False
+        self.synchronized = True  # across torch.distributed ranks; see Constraint(reduction=...)
         self.constraint_shape = torch.Size()
 
     def bind(self, constraint_shape: torch.Size, *, nonnegative: bool) -> None:
@@ -190,6 +198,8 @@ class IndexedMultiplier(Multiplier):
         torch.Size([3])
     """
 
+    gradient_reduction: ClassVar[str | None] = "sum"  # each rank owns its samples' rows
+
     def __init__(self, num_indices: int, *, init: float = 0.0) -> None:
         super().__init__()
         if num_indices <= 0:
@@ -233,8 +243,17 @@ class IndexedMultiplier(Multiplier):
         self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
     ) -> None:
         rows = self._indices(state).reshape(-1)
+        tensors = [self.weight, *_same_shape_state(optimizer, self.weight)]
         with torch.no_grad():
-            for tensor in [self.weight, *_same_shape_state(optimizer, self.weight)]:
+            if self.synchronized and distributed.world_size() > 1:
+                # Other ranks reset other rows: combine the rows to reset, as a 0/1 mask.
+                reset = torch.zeros_like(self.weight)
+                reset.index_put_((rows,), feasible.to(reset.dtype))
+                distributed.all_reduce_max_(reset)
+                for tensor in tensors:
+                    tensor.masked_fill_(reset > 0, 0.0)
+                return
+            for tensor in tensors:
                 tensor.index_put_((rows,), tensor.index_select(0, rows).masked_fill(feasible, 0.0))
 
 
@@ -261,6 +280,7 @@ class ImplicitMultiplier(Multiplier):
 
     supports_restarts: ClassVar[bool] = False
     explicit_gradient: ClassVar[bool] = False
+    gradient_reduction: ClassVar[str | None] = "mean"  # data-parallel, like any DDP model
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -99,6 +99,7 @@ class Constraint(nn.Module):
                     f"multiplier must be a conopt Multiplier, got {type(multiplier).__name__}."
                 )
             multiplier.bind(self.shape, nonnegative=kind == "<=")
+            multiplier.synchronized = reduction is not None
         elif multiplier is not None:
             raise ValueError(
                 f"{type(self.formulation).__name__} uses no multiplier, but one was given."

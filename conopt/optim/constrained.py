@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.amp import GradScaler
 
+from conopt import distributed
 from conopt.diagnostics import GradientNorm, StepReport
 from conopt.optim.lagrangian import (
     AssembledLagrangian,
@@ -130,6 +131,12 @@ class ConstrainedOptimizer:
             p for m in multipliers if m.explicit_gradient for p in m.parameters()
         ]
         self._has_implicit_multipliers = any(not m.explicit_gradient for m in multipliers)
+        # Under torch.distributed: multipliers whose gradients (not values) are all-reduced.
+        self._gradient_reductions = [
+            (list(m.parameters()), m.gradient_reduction == "mean")
+            for m in multipliers
+            if m.gradient_reduction is not None and m.synchronized
+        ]
         self._pending: AssembledLagrangian | None = None
         self._last_gradient: GradientNorm | None = None
         self._pending_skip = False
@@ -221,6 +228,9 @@ class ConstrainedOptimizer:
     def _dual_step(self, assembled: AssembledLagrangian, scaler: GradScaler | None = None) -> None:
         """Dual step from the multipliers' gradients, then projection, restarts, penalties."""
         if self.dual_optimizer is not None:
+            if distributed.world_size() > 1:
+                for params, mean in self._gradient_reductions:
+                    distributed.all_reduce_gradients_(params, mean=mean)
             if scaler is None or not self._has_implicit_multipliers:
                 # Closed-form dual gradients never went through the scaled backward pass.
                 self.dual_optimizer.step()

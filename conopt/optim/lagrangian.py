@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from conopt import distributed
 from conopt.diagnostics import GroupRecord
 from conopt.formulations import Formulation
 from conopt.multipliers import DenseMultiplier, Multiplier
@@ -44,6 +45,7 @@ class _Entry:
     fixed_shape: torch.Size | None  # the value's shape when it does not depend on the state
     explicit: bool  # the multiplier's gradient is written in closed form, not by autograd
     penalized: bool  # the formulation has a penalty growth rule
+    value_reduction: str | None  # how the dual value is all-reduced across ranks (or not)
 
 
 @dataclass
@@ -133,6 +135,11 @@ class ConstraintIndex:
                 fixed_shape=fixed,
                 explicit=multiplier is not None and multiplier.explicit_gradient,
                 penalized=getattr(constraint.formulation, "penalty_update", None) is not None,
+                value_reduction=(
+                    constraint.reduction
+                    if multiplier is None or multiplier.gradient_reduction is None
+                    else None
+                ),
             )
             self.entries[constraint] = self.entries[name] = entry
 
@@ -249,6 +256,30 @@ def _coefficients(group: ConstraintGroup, device: torch.device) -> torch.Tensor 
     )
 
 
+def _scale_summed_terms(term: torch.Tensor, group: ConstraintGroup) -> torch.Tensor:
+    """Multiply the terms of per-sample constraints by the world size.
+
+    Their Lagrangian terms are sums over the rank's samples; DDP averages gradients across
+    ranks, so without this factor they would weigh ``1/world_size`` of what they weigh in one
+    process over the same global batch.
+    """
+    summed = [
+        e.multiplier is not None
+        and e.multiplier.gradient_reduction == "sum"
+        and e.multiplier.synchronized
+        for e in group.entries
+    ]
+    if not any(summed):
+        return term
+    ranks = float(distributed.world_size())
+    if all(summed):
+        return term * ranks
+    scale = torch.cat(
+        [term.new_full((n,), ranks if s else 1.0) for n, s in zip(group.sizes, summed, strict=True)]
+    )
+    return term * scale
+
+
 def _multipliers(group: ConstraintGroup) -> torch.Tensor:
     """The group's multipliers; only those without a closed-form gradient carry autograd."""
     entries, states = group.entries, group.states
@@ -297,6 +328,12 @@ def assemble(
             strict = _flat([group.strict(i) for i in range(len(group.values))]).detach()
             strict = strict.to(values.dtype, copy=lone)
         group.strict_values = detached if strict is None else strict
+        if distributed.world_size() > 1:
+            reductions = [e.value_reduction for e in group.entries]
+            if any(reductions):
+                # Global values drive the dual update; the local ones stay in the primal term.
+                group.strict_values = group.strict_values.clone()
+                distributed.all_reduce_values_(group.strict_values, group.sizes, reductions)
         multipliers = None
         if group.formulation.uses_multiplier:
             multipliers = _multipliers(group)
@@ -305,6 +342,8 @@ def assemble(
             unchecked += [values.detach().sum(), group.strict_values.sum()]
         rho = _coefficients(group, values.device)
         term = group.formulation.lagrangian_term(multipliers, values, strict, rho, group.inequality)
+        if distributed.world_size() > 1:
+            term = _scale_summed_terms(term, group)
         objective = objective + term.sum()
         if any(e.explicit for e in group.entries):
             group.direction = group.formulation.dual_direction(group.strict_values, rho)
@@ -322,7 +361,10 @@ def assemble(
         checked = objective.detach()
         if unchecked:
             checked = checked + torch.stack(unchecked).sum()
-        if not math.isfinite(float(checked)):
+        finite = math.isfinite(float(checked))
+        if distributed.world_size() > 1:
+            finite = distributed.all_agree(finite, checked.device)  # all ranks refuse together
+        if not finite:
             _raise_nonfinite(state, groups)
     for group in groups:
         group.write_dual_gradients()

@@ -1,0 +1,100 @@
+"""Constrained training under ``torch.distributed`` (DDP): what must be communicated, and how.
+
+Under data parallelism each rank evaluates the constraints on its own shard of the batch. The
+multipliers must stay identical on every rank, so their updates must use *global* values:
+
+* constraints with a :class:`~conopt.multipliers.DenseMultiplier` (or none): before the dual
+  update, penalty growth, restarts and the KKT report, the constraint's value is all-reduced as
+  its :attr:`~conopt.problem.Constraint.reduction` says (``"mean"`` or ``"sum"``), while the
+  rank's local value stays in the primal Lagrangian (whose gradients DDP averages);
+  ``reduction=None`` declares a parameter-only constraint (the same on every rank) and costs no
+  communication;
+* per-sample constraints (:class:`~conopt.multipliers.IndexedMultiplier`): each rank owns the
+  rows of its samples, so the multiplier's gradient is summed across ranks, and the rows that dual
+  restarts reset are combined (a row is reset if any rank reset it);
+* :class:`~conopt.multipliers.ImplicitMultiplier`: the multiplier model's gradient is averaged,
+  as DDP does for any model.
+
+Nothing here runs (or costs anything) unless a process group of more than one rank is initialized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "all_agree",
+    "all_reduce_gradients_",
+    "all_reduce_max_",
+    "all_reduce_values_",
+    "world_size",
+]
+
+
+def world_size() -> int:
+    """The number of ranks of the default process group (1 when none is initialized)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_reduce_values_(
+    values: torch.Tensor, sizes: Sequence[int], reductions: Sequence[str | None]
+) -> None:
+    """All-reduce, in place, the entries of a flat tensor of constraint values.
+
+    Args:
+        values: Concatenated, flattened values of several constraints (modified in place).
+        sizes: The number of entries of each constraint.
+        reductions: Each constraint's reduction: ``"mean"``, ``"sum"`` or ``None`` (left local).
+    """
+    ranks = world_size()
+    if ranks == 1 or all(r is None for r in reductions):
+        return
+    flat = values.reshape(-1)
+    if all(r == reductions[0] for r in reductions):
+        dist.all_reduce(flat)
+        if reductions[0] == "mean":
+            flat.div_(ranks)
+        return
+    divisors = torch.cat(
+        [
+            flat.new_full((n,), float(ranks) if r == "mean" else 1.0 if r == "sum" else 0.0)
+            for n, r in zip(sizes, reductions, strict=True)
+        ]
+    )
+    shared = divisors > 0
+    buffer = flat[shared]
+    dist.all_reduce(buffer)
+    flat[shared] = buffer / divisors[shared]
+
+
+def all_reduce_gradients_(params: Sequence[torch.Tensor], mean: bool) -> None:
+    """Sum (or average, with ``mean``) the gradients of ``params`` across ranks, in place."""
+    ranks = world_size()
+    if ranks == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        if mean:
+            p.grad.div_(ranks)
+
+
+def all_agree(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every rank (a logical AND across ranks)."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor(1.0 if flag else 0.0, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value > 0)
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> None:
+    """Element-wise maximum across ranks, in place (e.g. to combine boolean masks as 0/1)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)

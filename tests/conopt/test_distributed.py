@@ -1,0 +1,98 @@
+"""conopt under DDP: 2 gloo processes on CPU against one process over the same global batches."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import conopt
+
+STEPS = 6
+GLOBAL_BATCH = 16
+NUM_SAMPLES = 32
+
+
+class Regression(conopt.ConstrainedProblem):
+    """Linear regression with a data-dependent mean constraint and per-sample constraints."""
+
+    def __init__(self, model: nn.Module, restarts_target: float = 0.0):
+        super().__init__()
+        self.model = [model]
+        self.mean_prediction = conopt.Constraint("<=")  # data-dependent: reduction "mean"
+        self.norm = conopt.Constraint("<=", reduction=None)  # parameter-only
+        self.per_sample = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(NUM_SAMPLES))
+
+    def evaluate(self, x, y, indices):
+        prediction = self.model[0](x).squeeze(1)
+        weight = next(self.model[0].parameters())
+        return conopt.ProblemState(
+            loss=((prediction - y) ** 2).mean(),
+            constraints={
+                self.mean_prediction: prediction.mean() + 1.0,
+                self.norm: weight.square().sum() - 0.5,
+                self.per_sample: conopt.ConstraintState(prediction - 0.3, indices=indices),
+            },
+        )
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(NUM_SAMPLES, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(NUM_SAMPLES, generator=g)
+    return x, y
+
+
+def train(rank: int, world_size: int):
+    """Run STEPS steps; rank r takes the r-th slice of each global batch. Returns multipliers."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    forward = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    problem = Regression(forward)
+    optimizer = conopt.optim.SimultaneousGDA(
+        problem,
+        primal=torch.optim.SGD(model.parameters(), lr=0.05),
+        dual=torch.optim.SGD(problem.dual_parameters(), lr=0.5, momentum=0.5, maximize=True),
+        dual_restarts=True,
+    )
+    x, y = data()
+    for step in range(STEPS):
+        start = (step * GLOBAL_BATCH) % NUM_SAMPLES
+        batch = torch.arange(start, start + GLOBAL_BATCH)
+        shard = batch.chunk(world_size)[rank]
+        optimizer.step(lambda shard=shard: problem.evaluate(x[shard], y[shard], shard))
+    return {name: p.detach().clone() for name, p in problem.state_dict().items()}
+
+
+def _worker(rank: int, world_size: int, port: int, out: dict):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # as tests/conopt/conftest.py does in this process
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        out[rank] = train(rank, world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_ranks_keep_identical_multipliers_equal_to_one_process():
+    """After K steps the multipliers agree on both ranks and with a single-process run (1e-6)."""
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    single = train(0, 1)
+    for name, value in single.items():
+        assert torch.equal(out[0][name], out[1][name]), f"{name} differs across ranks"
+        assert torch.allclose(out[0][name], value, atol=1e-6), name
+    assert single["per_sample.multiplier.weight"].abs().sum() > 0
+    assert single["mean_prediction.multiplier.weight"] > 0
