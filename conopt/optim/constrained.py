@@ -60,6 +60,8 @@ def _grads(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
 
 def _ensure_unscaled(scaler: GradScaler, optimizer: torch.optim.Optimizer) -> None:
     """Unscale ``optimizer``'s gradients unless the user already did (e.g. before clipping)."""
+    if not scaler.is_enabled():  # a disabled scaler scales nothing and keeps no state
+        return
     stage = scaler._per_optimizer_states[id(optimizer)]["stage"]
     if getattr(stage, "name", "") != "UNSCALED":
         scaler.unscale_(optimizer)

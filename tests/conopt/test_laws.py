@@ -292,3 +292,18 @@ def test_dual_optimizer_must_maximize():
 def test_negative_penalty_coefficient_is_rejected():
     with pytest.raises(ValueError, match="penalty coefficient must be finite and >= 0"):
         conopt.AugmentedLagrangian(rho=-1.0)
+
+
+def test_apply_accepts_a_disabled_grad_scaler():
+    """``GradScaler(enabled=False)`` (AMP switched off by a flag) steps like no scaler."""
+    qp = (torch.eye(2), torch.zeros(2), torch.ones(1, 2), -torch.ones(1))
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", enabled=False)):
+        problem = LinearQP(*qp)
+        x = torch.ones(2, requires_grad=True)
+        optimizer = sgd_players(problem, x, 0.1, 0.1)
+        lagrangian = optimizer.lagrangian(problem.evaluate(x))
+        (lagrangian if scaler is None else scaler.scale(lagrangian)).backward()
+        optimizer.apply(scaler=scaler)
+        results.append((x.detach().clone(), problem.ineq.multiplier.weight.detach().clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
