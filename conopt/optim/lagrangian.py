@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -88,7 +89,7 @@ class ConstraintGroup:
         """The group's constraints, in the order of the state."""
         return [e.constraint for e in self.entries]
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         """Number of entries of each constraint's value."""
         return [v.numel() for v in self.values]
@@ -119,6 +120,7 @@ class ConstraintIndex:
     def __init__(self, problem: ConstrainedProblem) -> None:
         self.by_name: dict[str, Constraint] = dict(problem.named_constraints())
         self.entries: dict[Constraint | str, _Entry] = {}
+        self.plans: dict[tuple[Constraint | str, ...], _Plan] = {}
         for name, constraint in self.by_name.items():
             multiplier = constraint.multiplier
             fixed = (
@@ -189,14 +191,48 @@ def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
     return raw
 
 
+_Plan = list[tuple[tuple[type[Formulation], bool], list[_Entry], list[int], list[torch.Size]]]
+
+
+def _grouped_by_plan(state: ProblemState, plan: _Plan) -> list[ConstraintGroup] | None:
+    """Group plain-tensor values laid out as in an earlier step; None if the layout changed."""
+    raws = list(state.constraints.values())
+    groups = []
+    for group_key, entries, positions, shapes in plan:
+        values = [raws[i] for i in positions]
+        try:
+            if [v.shape for v in values] != shapes:
+                return None
+        except AttributeError:  # a ConstraintState, or not a tensor: take the general path
+            return None
+        if not all(isinstance(v, torch.Tensor) for v in values):
+            return None
+        groups.append(
+            ConstraintGroup(*group_key, entries=entries, values=values, states=[None] * len(values))
+        )
+    return groups
+
+
 def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[ConstraintGroup]:
-    """Validate the state's constraint values and group them by formulation class and kind."""
+    """Validate the state's constraint values and group them by formulation class and kind.
+
+    A state laid out like an earlier one (same constraints, plain tensors of the declared shapes)
+    takes a fast path that skips the per-constraint lookups.
+    """
     if not isinstance(state, ProblemState):
         raise TypeError(f"expected a conopt.ProblemState, got {type(state).__name__}.")
     if not isinstance(state.loss, torch.Tensor) or state.loss.dim() != 0:
         raise ValueError("the loss must be a scalar tensor.")
+    keys = tuple(state.constraints)
+    plan = index.plans.get(keys)
+    if plan is not None:
+        grouped = _grouped_by_plan(state, plan)
+        if grouped is not None:
+            return grouped
     groups: dict[tuple[type[Formulation], bool], ConstraintGroup] = {}
-    for key, raw in state.constraints.items():
+    positions: dict[tuple[type[Formulation], bool], list[int]] = {}
+    plannable = True
+    for position, (key, raw) in enumerate(state.constraints.items()):
         entry = index.resolve(key)
         cstate: ConstraintState | None = None
         if isinstance(raw, torch.Tensor):
@@ -222,12 +258,22 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
         group = groups.get(entry.group_key)
         if group is None:
             group = groups[entry.group_key] = ConstraintGroup(*entry.group_key)
+            positions[entry.group_key] = []
         group.entries.append(entry)
         group.values.append(value)
         group.states.append(cstate)
+        positions[entry.group_key].append(position)
+        plannable = plannable and cstate is None
         group.has_strict = group.has_strict or (
             cstate is not None and cstate.strict_value is not None
         )
+    if plannable:
+        if len(index.plans) >= 16:  # layouts that keep changing: keep the cache small
+            index.plans.clear()
+        index.plans[keys] = [
+            (key, group.entries, positions[key], [v.shape for v in group.values])
+            for key, group in groups.items()
+        ]
     return list(groups.values())
 
 
