@@ -48,6 +48,13 @@ class _Entry:
     penalized: bool  # the formulation has a penalty growth rule
     value_reduction: str | None  # how the dual value is all-reduced across ranks (or not)
 
+    @property
+    def dense_weight(self) -> torch.Tensor | None:
+        """The weight of a :class:`DenseMultiplier` (read each time: modules may swap it)."""
+        if type(self.multiplier) is DenseMultiplier:
+            return self.multiplier._parameters["weight"]
+        return None
+
 
 @dataclass
 class ConstraintGroup:
@@ -81,8 +88,24 @@ class ConstraintGroup:
                 for part, value in zip(direction.split(self.sizes), self.values, strict=True)
             ]
         for entry, state, part in zip(self.entries, self.states, parts, strict=True):
-            if entry.explicit:
+            weight = entry.dense_weight
+            if weight is not None:  # DenseMultiplier.add_dual_gradient_, inlined (hot path)
+                if weight.grad is None:
+                    weight.grad = part
+                else:
+                    weight.grad.add_(part)
+            elif entry.explicit:
                 entry.multiplier.add_dual_gradient_(state, part)  # type: ignore[union-attr]
+
+    @cached_property
+    def names(self) -> list[str]:
+        """The constraints' names, in the order of the state."""
+        return [e.name for e in self.entries]
+
+    @cached_property
+    def all_explicit(self) -> bool:
+        """Whether every multiplier of the group gets its dual gradient in closed form."""
+        return all(e.explicit for e in self.entries)
 
     @property
     def constraints(self) -> list[Constraint]:
@@ -329,7 +352,7 @@ def _scale_summed_terms(term: torch.Tensor, group: ConstraintGroup) -> torch.Ten
 def _multipliers(group: ConstraintGroup) -> torch.Tensor:
     """The group's multipliers; only those without a closed-form gradient carry autograd."""
     entries, states = group.entries, group.states
-    if all(e.explicit for e in entries):
+    if group.all_explicit:
         with torch.no_grad():
             flat = _flat([e.multiplier.value(s) for e, s in zip(entries, states, strict=True)])  # type: ignore[union-attr]
             # A lone multiplier comes back as its weight itself: copy it, so that autograd adds
@@ -396,7 +419,7 @@ def assemble(
         records.append(
             GroupRecord(
                 inequality=group.inequality,
-                names=[e.name for e in group.entries],
+                names=group.names,
                 shapes=[v.shape for v in group.values],
                 values=detached,
                 strict_values=group.strict_values,
