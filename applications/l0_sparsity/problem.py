@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import conopt
-from l0_sparsity.layers import expected_density, expected_l2, gated_layers, layer_densities
+from l0_sparsity.layers import expected_l2, gated_layers
 
 
 def _check_target(value: float, what: str) -> float:
@@ -85,6 +85,12 @@ class SparsityProblem(conopt.ConstrainedProblem):
         if not layers:
             raise ValueError("the model has no gated layers; build it gated or use sparsify().")
         self.layer_names = [name for name, _ in layers]
+        self._layers = [layer for _, layer in layers]
+        self.register_buffer(
+            "_sizes",
+            torch.tensor([float(layer.num_gated_params) for layer in self._layers]),
+            persistent=False,
+        )
         # The model is not a sub-module: its parameters belong to the primal optimizer, and the
         # problem's state_dict holds only multipliers.
         self._model = [model]
@@ -138,8 +144,8 @@ class SparsityProblem(conopt.ConstrainedProblem):
 
     def densities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The expected model-wise density and the vector of layer-wise densities."""
-        per_layer = layer_densities(self.model)
-        return expected_density(self.model), torch.stack([per_layer[n] for n in self.layer_names])
+        active = torch.stack([layer.expected_active_params() for layer in self._layers])
+        return active.sum() / self._sizes.sum(), active / self._sizes
 
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> conopt.ProblemState:
         """Loss and density constraint on one batch.

@@ -227,8 +227,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _make_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 def _problem(config: TrainConfig, model: nn.Module) -> SparsityProblem:
