@@ -153,3 +153,13 @@ def test_checkpoint_survives_sigkill_while_writing(tmp_path):
     assert load_checkpoint(path)["epoch"] >= 0
     leftovers = [p for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]
     assert all(p.name.startswith(".checkpoint.pt.") for p in leftovers)
+
+
+def test_demo_trains_both_runs_and_prints_the_table(tmp_path):
+    from l0_sparsity.demo import run_demo
+
+    table = run_demo(epochs=1, output_dir=str(tmp_path))
+    lines = table.splitlines()
+    assert "expected density" in lines[0]
+    assert lines[1].startswith("constrained (eps=0.35)") and lines[2].startswith("penalized")
+    assert (tmp_path / "constrained" / "metrics.csv").exists()
