@@ -685,40 +685,49 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
 
 
 class _S2MPJObjective(torch.autograd.Function):
-    """``f(x)`` with backward ``grad_out * ∇f(x)`` from S2MPJ's analytic gradient."""
+    """``f(x)`` with backward ``grad_out * ∇f(x)`` from S2MPJ's analytic gradient.
+
+    When ``x`` requires a gradient, the forward pass asks S2MPJ for the value and the gradient in
+    one call and keeps the gradient for the backward pass (which then costs no evaluation).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
-        ctx.problem = problem
-        ctx.save_for_backward(x)
-        return torch.tensor(problem.objective(_as_numpy(x)), dtype=x.dtype, device=x.device)
+        if ctx.needs_input_grad[0]:
+            f, grad = problem.objective_and_gradient(_as_numpy(x))
+            ctx.grad = torch.from_numpy(grad).to(dtype=x.dtype, device=x.device).reshape(x.shape)
+        else:
+            f = problem.objective(_as_numpy(x))
+        return torch.tensor(f, dtype=x.dtype, device=x.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        grad = torch.from_numpy(ctx.problem.gradient(_as_numpy(x))).to(x.dtype).to(x.device)
-        return grad_output * grad.reshape(x.shape), None
+        return grad_output * ctx.grad, None
 
 
 class _S2MPJConstraints(torch.autograd.Function):
-    """``[h(x); g(x)]`` with backward ``J(x)^T v`` from S2MPJ's analytic Jacobian."""
+    """``[h(x); g(x)]`` with backward ``J(x)^T v`` from S2MPJ's analytic Jacobian.
+
+    As for the objective, the Jacobian comes with the values (one S2MPJ call) when ``x``
+    requires a gradient, and the backward pass is a product with it.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
-        ctx.problem = problem
-        ctx.save_for_backward(x)
-        values = problem.constraints(_as_numpy(x))
+        if ctx.needs_input_grad[0]:
+            values, jac = problem.constraints_and_jacobian(_as_numpy(x))
+            ctx.jac = torch.from_numpy(jac).to(dtype=x.dtype, device=x.device)
+            ctx.x_shape = x.shape
+        else:
+            values = problem.constraints(_as_numpy(x))
         return torch.from_numpy(values).to(dtype=x.dtype, device=x.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        jac = ctx.problem.constraints_jacobian(_as_numpy(x))
-        v = grad_output.detach().to(device="cpu", dtype=torch.float64).numpy()
-        grad = torch.from_numpy(jac.T @ v).to(dtype=x.dtype, device=x.device)
-        return grad.reshape(x.shape), None
+        grad = grad_output.to(ctx.jac.dtype) @ ctx.jac
+        return grad.reshape(ctx.x_shape), None
 
 
 def s2mpj_objective(x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
