@@ -42,19 +42,28 @@ def world_size() -> int:
 
 
 def all_reduce_values_(
-    values: torch.Tensor, sizes: Sequence[int], reductions: Sequence[str | None]
+    values: torch.Tensor,
+    sizes: Sequence[int],
+    reductions: Sequence[str | None],
+    counts: Sequence[float | None] | None = None,
 ) -> None:
-    """All-reduce, in place, the entries of a flat tensor of constraint values.
+    r"""All-reduce, in place, the entries of a flat tensor of constraint values.
 
     Args:
         values: Concatenated, flattened values of several constraints (modified in place).
         sizes: The number of entries of each constraint.
         reductions: Each constraint's reduction: ``"mean"``, ``"sum"`` or ``None`` (left local).
+        counts: For ``"mean"`` constraints, the number of samples each rank's value averages
+            over; the result is :math:`\sum_r n_r v_r / \sum_r n_r` (the sums of numerators and
+            denominators). ``None`` entries weigh every rank equally.
     """
     ranks = world_size()
     if ranks == 1 or all(r is None for r in reductions):
         return
     flat = values.reshape(-1)
+    if counts is not None and any(c is not None for c in counts):
+        _all_reduce_weighted_(flat, sizes, reductions, counts)
+        return
     if all(r == reductions[0] for r in reductions):
         dist.all_reduce(flat)
         if reductions[0] == "mean":
@@ -70,6 +79,31 @@ def all_reduce_values_(
     buffer = flat[shared]
     dist.all_reduce(buffer)
     flat[shared] = buffer / divisors[shared]
+
+
+def _all_reduce_weighted_(
+    flat: torch.Tensor,
+    sizes: Sequence[int],
+    reductions: Sequence[str | None],
+    counts: Sequence[float | None],
+) -> None:
+    """Count-weighted means (and plain sums) in one all-reduce of numerators and denominators."""
+    weights = torch.cat(
+        [
+            flat.new_full((n,), (1.0 if c is None else float(c)) if r == "mean" else 1.0)
+            for n, r, c in zip(sizes, reductions, counts, strict=True)
+        ]
+    )
+    shared = torch.cat(
+        [flat.new_full((n,), float(r is not None)) for n, r in zip(sizes, reductions, strict=True)]
+    ).bool()
+    means = torch.cat(
+        [flat.new_full((n,), float(r == "mean")) for n, r in zip(sizes, reductions, strict=True)]
+    ).bool()
+    buffer = torch.cat([flat[shared] * weights[shared], weights[shared]])
+    dist.all_reduce(buffer)
+    numerators, denominators = buffer.chunk(2)
+    flat[shared] = torch.where(means[shared], numerators / denominators, numerators)
 
 
 def all_reduce_gradients_(params: Sequence[torch.Tensor], mean: bool) -> None:

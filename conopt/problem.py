@@ -119,7 +119,7 @@ class Constraint(nn.Module):
 
 @dataclass(frozen=True)
 class ConstraintState:
-    """One evaluation of a constraint.
+    r"""One evaluation of a constraint.
 
     Args:
         value: The (differentiable) value of the constraint, used for the primal step.
@@ -129,12 +129,17 @@ class ConstraintState:
             entry's multiplier (for example the sample indices of the batch).
         features: For an :class:`~conopt.multipliers.ImplicitMultiplier`: the input of the
             multiplier model.
+        count: For a value that is a mean over this many samples, under ``torch.distributed``
+            with ``reduction="mean"``: the ranks' values are combined as
+            :math:`\sum_r n_r v_r / \sum_r n_r` (exact for uneven shards). Defaults to equal
+            weights.
     """
 
     value: torch.Tensor
     strict_value: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    count: float | None = None
 
     @property
     def dual_value(self) -> torch.Tensor:

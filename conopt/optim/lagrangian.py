@@ -402,7 +402,8 @@ def assemble(
             if any(reductions):
                 # Global values drive the dual update; the local ones stay in the primal term.
                 group.strict_values = group.strict_values.clone()
-                distributed.all_reduce_values_(group.strict_values, group.sizes, reductions)
+                counts = [None if s is None else s.count for s in group.states]
+                distributed.all_reduce_values_(group.strict_values, group.sizes, reductions, counts)
         multipliers = None
         if group.formulation.uses_multiplier:
             multipliers = _multipliers(group)

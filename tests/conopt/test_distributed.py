@@ -96,3 +96,49 @@ def test_two_ranks_keep_identical_multipliers_equal_to_one_process():
         assert torch.allclose(out[0][name], value, atol=1e-6), name
     assert single["per_sample.multiplier.weight"].abs().sum() > 0
     assert single["mean_prediction.multiplier.weight"] > 0
+
+
+class MeanBudget(conopt.ConstrainedProblem):
+    """A mean constraint over uneven shards, weighted by each rank's sample count."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = conopt.Constraint("<=")
+
+    def evaluate(self, values):
+        return conopt.ProblemState(
+            torch.zeros((), requires_grad=True),
+            {self.mean: conopt.ConstraintState(values.mean() - 0.1, count=values.numel())},
+        )
+
+
+def _uneven_worker(rank: int, world_size: int, port: int, out: dict):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        values = torch.arange(16.0) / 16
+        shard = values[:5] if rank == 0 else values[5:]  # 5 and 11 samples
+        problem = MeanBudget()
+        dummy = torch.zeros(1, requires_grad=True)
+        optimizer = conopt.optim.SimultaneousGDA(
+            problem,
+            torch.optim.SGD([dummy], lr=0.1),
+            torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        )
+        report = optimizer.step(lambda: problem.evaluate(shard))
+        out[rank] = (problem.mean.multiplier.weight.item(), report.constraints["mean"].strict_value)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_uneven_shards_with_counts_give_the_global_mean():
+    """Σ n_r v_r / Σ n_r over ranks equals the mean over all samples."""
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_uneven_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    expected = float((torch.arange(16.0) / 16).mean() - 0.1)
+    assert out[0][0] == out[1][0] == pytest.approx(expected, abs=1e-12)
+    assert float(out[0][1]) == pytest.approx(expected, abs=1e-12)
