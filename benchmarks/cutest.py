@@ -83,7 +83,9 @@ class SolverRun:
         solved: Whether the run meets the accuracy criteria.
         reason: Why it is not solved (empty when solved).
         message: The solver's own status message, or the error text.
-        iteration_limit: Whether the solver stopped at its iteration limit.
+        iteration_limit: Whether the solver stopped at its iteration (or evaluation) limit.
+        stop: The solver's own short reason for stopping unconverged (conopt only), e.g.
+            ``"penalty limit"``; empty otherwise.
         error: The exception text when the run crashed (None otherwise).
         x: The returned point (None when none).
     """
@@ -99,6 +101,7 @@ class SolverRun:
     reason: str = ""
     message: str = ""
     iteration_limit: bool = False
+    stop: str = ""
     error: str | None = None
     x: list[float] | None = None
 
@@ -113,8 +116,28 @@ def conopt_available() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Solvers. Each returns (x, nit, message, iteration_limit).
+# Solvers. Each returns an _Outcome.
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    """What a solver function returns: the point, iterations, message and why it stopped."""
+
+    x: np.ndarray
+    nit: int
+    message: str
+    iteration_limit: bool
+    stop: str = ""
+
+
+CONOPT_STOP_REASONS: dict[int, str] = {
+    2: "penalty limit",
+    3: "infeasible start (f or c not finite at x0)",
+    4: "stalled at the rounding limit",
+}
+"""Short reasons for the ``status`` codes of an unconverged ``conopt.solve`` (the outer
+iteration limit, 1, and the evaluation limit, 5, are reported as ``iteration limit``)."""
 
 
 def _scipy_setup(problem: sp.S2MPJProblem) -> tuple[Any, list[Any]]:
@@ -135,9 +158,7 @@ def _scipy_setup(problem: sp.S2MPJProblem) -> tuple[Any, list[Any]]:
     return bounds, constraints
 
 
-def _solve_slsqp(
-    problem: sp.S2MPJProblem, options: dict[str, Any]
-) -> tuple[np.ndarray, int, str, bool]:
+def _solve_slsqp(problem: sp.S2MPJProblem, options: dict[str, Any]) -> _Outcome:
     from scipy.optimize import minimize
 
     bounds, constraints = _scipy_setup(problem)
@@ -150,12 +171,11 @@ def _solve_slsqp(
         constraints=constraints,
         options={**SLSQP_OPTIONS, **options},
     )
-    return np.asarray(result.x), int(result.nit), str(result.message), int(result.status) == 9
+    limit = int(result.status) == 9
+    return _Outcome(np.asarray(result.x), int(result.nit), str(result.message), limit)
 
 
-def _solve_trust_constr(
-    problem: sp.S2MPJProblem, options: dict[str, Any]
-) -> tuple[np.ndarray, int, str, bool]:
+def _solve_trust_constr(problem: sp.S2MPJProblem, options: dict[str, Any]) -> _Outcome:
     from scipy.optimize import BFGS, minimize
 
     bounds, constraints = _scipy_setup(problem)
@@ -169,27 +189,30 @@ def _solve_trust_constr(
         constraints=constraints,
         options={**TRUST_CONSTR_OPTIONS, **options},
     )
-    return np.asarray(result.x), int(result.nit), str(result.message), int(result.status) == 0
+    limit = int(result.status) == 0
+    return _Outcome(np.asarray(result.x), int(result.nit), str(result.message), limit)
 
 
-def _solve_conopt(
-    problem: sp.S2MPJProblem, options: dict[str, Any]
-) -> tuple[np.ndarray, int, str, bool]:
+def _solve_conopt(problem: sp.S2MPJProblem, options: dict[str, Any]) -> _Outcome:
     import conopt
 
     conopt_problem, x0, lower, upper = sp.to_conopt(problem)
     result = conopt.solve(conopt_problem, x0, lower=lower, upper=upper, **options)
     x = result.x.detach().to("cpu").double().numpy().reshape(-1)
     message = str(getattr(result, "message", ""))
-    success = bool(getattr(result, "success", False))
-    lowered = message.lower()
-    limit = not success and "iter" in lowered and ("limit" in lowered or "max" in lowered)
-    return x, int(getattr(result, "nit", -1)), message, limit
+    status = getattr(result, "status", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        limit = status in (1, 5)  # outer iteration limit, evaluation limit
+        stop = CONOPT_STOP_REASONS.get(status, "")
+    else:  # a stand-in without status codes: read the message
+        lowered = message.lower()
+        success = bool(getattr(result, "success", False))
+        limit = not success and "iter" in lowered and ("limit" in lowered or "max" in lowered)
+        stop = ""
+    return _Outcome(x, int(getattr(result, "nit", -1)), message, limit, stop)
 
 
-_SOLVER_FUNCTIONS: dict[
-    str, Callable[[sp.S2MPJProblem, dict[str, Any]], tuple[np.ndarray, int, str, bool]]
-] = {
+_SOLVER_FUNCTIONS: dict[str, Callable[[sp.S2MPJProblem, dict[str, Any]], _Outcome]] = {
     "conopt": _solve_conopt,
     "slsqp": _solve_slsqp,
     "trust-constr": _solve_trust_constr,
@@ -206,8 +229,9 @@ def assess(problem: sp.S2MPJProblem, run: SolverRun) -> SolverRun:
 
     Reasons: ``error: ...``, ``timeout``, ``no f*``, ``iteration limit``, ``infeasible``,
     ``local minimum`` (feasible but ``f > f*``), ``f < f*`` (feasible and below the reference:
-    a suspicious reference or a loose tolerance), and ``non-smooth`` when the classification
-    says so.
+    a suspicious reference or a loose tolerance), then the solver's own reason for stopping
+    (:data:`CONOPT_STOP_REASONS`), ``non-smooth`` when the classification says so, and the
+    problem's known difficulty (:data:`~benchmarks.s2mpj_problems.PROBLEM_NOTES`).
     """
     if run.error is not None:
         run.solved, run.reason = False, run.error
@@ -236,8 +260,13 @@ def assess(problem: sp.S2MPJProblem, run: SolverRun) -> SolverRun:
         reasons.append("local minimum (f > f*)")
     else:
         reasons.append("f < f* (reference suspect?)")
+    if run.stop:
+        reasons.append(run.stop)
     if problem.is_nonsmooth:
         reasons.append("non-smooth")
+    note = sp.PROBLEM_NOTES.get(problem.name)
+    if note:
+        reasons.append(note)
     run.reason = "; ".join(reasons)
     return run
 
@@ -272,9 +301,9 @@ def run_solver(
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            x, run.nit, run.message, run.iteration_limit = _SOLVER_FUNCTIONS[solver](
-                problem, dict(options or {})
-            )
+            outcome = _SOLVER_FUNCTIONS[solver](problem, dict(options or {}))
+            x, run.nit, run.message = outcome.x, outcome.nit, outcome.message
+            run.iteration_limit, run.stop = outcome.iteration_limit, outcome.stop
     except Exception as exc:
         timed_out = isinstance(exc, sp.EvaluationTimeout) or (
             problem.deadline is not None and time.perf_counter() > problem.deadline

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "PROBLEM_NOTES",
     "QUICK_SUBSET",
     "REFERENCE_CORRECTIONS",
     "S2MPJ_ROOT",
@@ -111,6 +112,14 @@ Each corrected value is reached, feasibly (violation <= 1e-6), by SciPy's SLSQP 
 from the problem's ``x0`` (the benchmark's own runs) and, where one is cited, agrees with the
 optimum published by Hock and Schittkowski.
 """
+
+PROBLEM_NOTES: dict[str, str] = {
+    "HS13": "degenerate: no constraint qualification at the solution (cusp of a cubic "
+    "constraint), so within the violation tolerance f can fall below f*",
+    "HS54": "f = -exp(-q/2) and its gradient vanish away from the solution: a solver that "
+    "leaves its basin stops on the plateau f = 0",
+}
+"""Known structural difficulties of problems of the default set, shown with unsolved rows."""
 
 _INF_BOUND = 1.0e20  # S2MPJ's "infinity" for variable and constraint bounds.
 

@@ -26,25 +26,30 @@ After each inner minimization, with :math:`V = \|(\max(g, -\lambda/\rho), h)\|_\
   from :math:`\eta = \bar\rho^{-0.1}`, :math:`\omega = 1/\bar\rho`,
 
 with :math:`\bar\rho = \max(\rho, 10)` (so that the schedule tightens also when the penalty
-starts small). :math:`\omega` bounds the inner solve's projected gradient. The initial penalty
-balances the objective against the initial infeasibility (Birgin & Martínez, 2014):
+starts small); :math:`\omega` bounds the inner solve's reduced gradient. Two safeguards keep the
+penalty from exploding: an inner solve that stalls at the limit of floating-point precision is
+followed by a multiplier update, never by a larger penalty; and an inner solve along which the
+violation grows a hundredfold (the augmented Lagrangian looks unbounded below) is abandoned, the
+penalty grown and the next solve restarted from where that one started. The initial penalty
+balances the objective against the initial infeasibility (Birgin & Martínez, 2014),
 :math:`\rho_0 = 10 \max(1, |f(x_0)|) / \max(1, \tfrac12\|(g(x_0)_+, h(x_0))\|^2)`, clipped to
 :math:`[10^{-2}, 10^2]`.
 
 **Scaling.** By default the objective and each constraint row are scaled at :math:`x_0` so that
-their gradients' largest entries are at most 1 (rows with smaller gradients are scaled up by at
-most 100), as interior-point codes do; the tolerances, the multipliers and every reported
-quantity are in the problem's own units.
+their gradients' largest entries are at most 1 (rows with smaller gradients are scaled up, by a
+factor 10 at most); the tolerances, the multipliers and every reported quantity are in the
+problem's own units.
 
 **Inner solver.** A projected L-BFGS method written for this purpose; the bounds are kept
 exactly, never penalized. Variables at or within :math:`\epsilon` of a bound whose gradient
 points outwards are moved onto the bound (Bertsekas' :math:`\epsilon`-active set); the others
 take the reduced quasi-Newton step :math:`-B_{FF}^{-1}\nabla_F\mathcal{L}_A` of the compact
 L-BFGS matrix (Byrd, Lu, Nocedal & Zhu, 1995), and an Armijo backtracking search runs along the
-projected path :math:`P_{[l,u]}(x + \alpha d)`. A step is never more than ten times longer than
-the previous one. The curvature pairs are kept across outer iterations (a multiplier update
-hardly changes the Hessian of :math:`\mathcal{L}_A` near the solution), which makes every inner
-solve after the first one short.
+projected path :math:`P_{[l,u]}(x + \alpha d)`, falling back on Hager & Zhang's approximate
+Wolfe conditions where value differences are rounding errors. A step is never more than ten
+times longer than the previous one. The curvature pairs are kept across outer iterations (a
+multiplier update hardly changes the Hessian of :math:`\mathcal{L}_A` near the solution), which
+makes every inner solve after the first one short.
 
 **Evaluations.** Each evaluation of the problem is used once: the objective, the constraint
 values and the autograd graph of an accepted point are kept, so the gradient of
@@ -87,12 +92,12 @@ _EPS_ACTIVE = 1e-3  # largest width of Bertsekas' epsilon-active set
 _STEP_GROWTH = 10.0  # a step is at most this many times longer than the previous one
 _RHO_INITIAL_RANGE = (1e-2, 1e2)  # clip of the automatic initial penalty
 _SCALE_TARGET = 1.0  # largest gradient entry of the scaled objective and rows at x0
-_SCALE_UP_MAX = 1e2  # largest factor by which a row with small gradients is scaled up
+_SCALE_UP_MAX = 1e1  # largest factor by which a row with small gradients is scaled up
 _DIVERGENCE = 1e2  # an inner solve is abandoned when the violation grows by this factor
 _ROUNDOFF = 1e-10  # relative size of value differences treated as rounding error
 _APPROX_ARMIJO = 0.1  # delta of Hager and Zhang's approximate Armijo condition
 _WOLFE = 0.9  # sigma of their curvature condition
-_OMEGA_FEAS = 1.0
+_MAX_STALLS = 3  # outer iterations in a row whose inner solves stall without improving
 
 
 @dataclass(frozen=True)
@@ -858,7 +863,7 @@ def solve(
     optimality = optimality_tol * grad_scale  # absolute, in the problem's units
     min_scale = float(torch.cat([scales.g, scales.h, scales.g.new_ones(1)]).min())
     eta_floor = feasibility_tol * min_scale / 10
-    omega_floor = min(optimality_tol, _OMEGA_FEAS * feasibility_tol) / 10
+    omega_floor = optimality_tol / 10
     bar = max(rho, 10.0)
     omega, eta = 1.0 / bar, bar**-0.1
 
@@ -883,6 +888,7 @@ def solve(
     memory = _Memory(history_size)
     while status == 1 and outer < max_outer:
         outer += 1
+        merit_before = best_merit
         try:
             current, iterations, reason = _inner_solve(
                 current,
@@ -900,17 +906,21 @@ def solve(
         if reason == "accepted":
             status = 0
             break
-        stalls = stalls + 1 if reason == "stalled" and iterations == 0 else 0
+        # An inner solve that stalls has gone as far as rounding lets it: a larger penalty would
+        # only make that worse, so the multipliers are updated whatever the violation.
+        stalled = reason == "stalled"
+        stalls = stalls + 1 if stalled and best_merit >= merit_before else 0
         p = current.point
         measure = torch.cat([p.g.new_zeros(1), objective.residual(p), p.h])
         violation = float(measure.abs().max())
         inner_rho = rho
-        updated = violation <= eta and reason != "diverged"
+        updated = reason != "diverged" and (violation <= eta or stalled)
         if updated:
             lam, mu = current.lam, current.mu
-            bar = max(rho, 10.0)
-            eta = max(eta / bar**0.9, eta_floor)
-            omega = max(omega / bar, omega_floor)
+            if violation <= eta:
+                bar = max(rho, 10.0)
+                eta = max(eta / bar**0.9, eta_floor)
+                omega = max(omega / bar, omega_floor)
         elif rho >= rho_max:
             status = 2
             break
@@ -936,7 +946,7 @@ def solve(
                     inner_iterations=iterations,
                 )
             )
-        if stalls >= 2:
+        if stalls >= _MAX_STALLS:
             status = 4
             break
         objective = _AugmentedLagrangian(lam, mu, rho, lower_t, upper_t)

@@ -331,6 +331,36 @@ def test_conopt_path_with_a_stand_in_solver(monkeypatch):
         assert run.nit > 0
 
 
+@pytest.mark.parametrize(
+    ("status", "limit", "stop"),
+    [(1, True, ""), (2, False, "penalty limit"), (3, False, "infeasible start"), (5, True, "")],
+)
+def test_conopt_status_becomes_the_reason(monkeypatch, status, limit, stop):
+    conopt = pytest.importorskip("conopt")
+    from types import SimpleNamespace
+
+    def stopped(problem, x0, lower, upper):
+        return SimpleNamespace(
+            x=torch.full_like(x0, 3.0), nit=7, status=status, message=f"status {status}"
+        )
+
+    monkeypatch.setattr(conopt, "solve", stopped)
+    run = cutest.run_solver(sp.load_problem("HS35"), "conopt")
+    assert not run.solved and run.nit == 7 and run.iteration_limit == limit
+    assert run.stop.startswith(stop)
+    assert run.reason.startswith("iteration limit") == limit
+    assert (stop in run.reason) if stop else run.stop == ""
+
+
+def test_problem_notes_explain_unsolved_rows():
+    assert set(sp.PROBLEM_NOTES) <= set(sp.default_problem_names())
+    p = sp.load_problem("HS13")
+    run = cutest.assess(p, cutest.SolverRun("HS13", "x", f=0.99, max_violation=5e-8))
+    assert not run.solved and run.reason.endswith(sp.PROBLEM_NOTES["HS13"])
+    solved = cutest.assess(p, cutest.SolverRun("HS13", "x", f=1.0, max_violation=0.0))
+    assert solved.solved and solved.reason == ""
+
+
 def test_cli_writes_table_csv_and_json(tmp_path, capsys):
     out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.json"
     code = cutest.main(
