@@ -70,7 +70,6 @@ from dataclasses import dataclass, field
 import torch
 
 from conopt.diagnostics import KKTReport
-from conopt.formulations import AugmentedLagrangian
 from conopt.multipliers import DenseMultiplier
 from conopt.optim.lagrangian import ConstraintIndex
 from conopt.problem import ConstrainedProblem, ConstraintState
@@ -191,6 +190,7 @@ class _Scales:
     f: float
     g: torch.Tensor
     h: torch.Tensor
+    unit: bool = False  # all factors are 1
 
 
 class _Point:
@@ -201,6 +201,8 @@ class _Point:
         f: The scaled objective (0-d).
         g: The scaled inequality rows.
         h: The scaled equality rows.
+        g_raw: The inequality rows in the problem's units.
+        h_raw: The equality rows in the problem's units.
         scales: The scale factors.
     """
 
@@ -214,10 +216,11 @@ class _Point:
         self.outputs = outputs
         self.scales = scales
         self.x = leaf.detach()
-        f, g, h = (t.detach() for t in outputs)
-        self.f = f * scales.f
-        self.g = g * scales.g
-        self.h = h * scales.h
+        f, self.g_raw, self.h_raw = (t.detach() for t in outputs)
+        if scales.unit:
+            self.f, self.g, self.h = f, self.g_raw, self.h_raw
+        else:
+            self.f, self.g, self.h = f * scales.f, self.g_raw * scales.g, self.h_raw * scales.h
 
     def rescaled(self, scales: _Scales) -> _Point:
         """The same evaluation under other scale factors."""
@@ -226,7 +229,10 @@ class _Point:
     def gradient(self, weight_g: torch.Tensor, weight_h: torch.Tensor) -> torch.Tensor:
         r"""The gradient of the scaled :math:`f + w_g^\top g + w_h^\top h` at :attr:`x`."""
         s = self.scales
-        weights = (self.f.new_tensor(s.f), weight_g * s.g, weight_h * s.h)
+        if s.unit:
+            weights = (torch.ones_like(self.f), weight_g, weight_h)
+        else:
+            weights = (self.f.new_tensor(s.f), weight_g * s.g, weight_h * s.h)
         pairs = [
             (out, weight)
             for out, weight in zip(self.outputs, weights, strict=True)
@@ -286,11 +292,11 @@ class _Evaluator:
                 (ineq if entry.constraint.is_inequality else eq).append(value)
                 layout.append((entry.name, entry.constraint.is_inequality, value.shape))
             f = torch.as_tensor(state.loss).to(dtype=x.dtype, device=x.device).reshape(())
-            g = torch.cat(ineq) if ineq else x.new_zeros(0)
-            h = torch.cat(eq) if eq else x.new_zeros(0)
+            g = _join(ineq, x)
+            h = _join(eq, x)
         if self.layout is None:
             self.layout = layout
-            self.scales = _Scales(1.0, torch.ones_like(g), torch.ones_like(h))
+            self.scales = _Scales(1.0, torch.ones_like(g), torch.ones_like(h), unit=True)
         elif layout != self.layout:
             raise ValueError("problem.evaluate() must return the same constraints at every call.")
         assert self.scales is not None
@@ -330,6 +336,13 @@ class _Evaluator:
         return lam_t, (torch.cat(mu) if mu else like.new_zeros(0))
 
 
+def _join(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The concatenation of flat tensors (empty for none)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts) if parts else like.new_zeros(0)
+
+
 class _EvaluationLimit(Exception):
     """Raised by :class:`_Evaluator` when ``max_evaluations`` is spent."""
 
@@ -346,7 +359,7 @@ def _row_gradient_norms(point: _Point) -> torch.Tensor:
         (jac,) = torch.autograd.grad(
             rows, point.leaf, eye, retain_graph=True, is_grads_batched=True, allow_unused=True
         )
-    except RuntimeError:  # a backward that vmap cannot batch: one product per row
+    except (RuntimeError, NotImplementedError):  # a backward vmap cannot batch: row by row
         grads = [
             torch.autograd.grad(rows, point.leaf, e, retain_graph=True, allow_unused=True)[0]
             for e in eye
@@ -360,7 +373,10 @@ def _row_gradient_norms(point: _Point) -> torch.Tensor:
 
 
 def _scale(norm: torch.Tensor) -> torch.Tensor:
-    """Scale factors making gradient entries at most 1, scaling small ones up at most 100x."""
+    """Scale factors bringing gradients' largest entries ``norm`` to ``_SCALE_TARGET``.
+
+    Large gradients are scaled down; small ones up, by ``_SCALE_UP_MAX`` at most.
+    """
     return (_SCALE_TARGET / norm.clamp(min=_SCALE_TARGET / _SCALE_UP_MAX)).clamp(max=_SCALE_UP_MAX)
 
 
@@ -434,18 +450,20 @@ class _AugmentedLagrangian:
     ) -> None:
         self.lam, self.mu, self.rho = lam, mu, rho
         self.lower, self.upper = lower, upper
+        # The flat branch of AugmentedLagrangian.primal_term, which is constant here.
+        self.flat = -lam.square() / (2 * rho)
 
     def residual(self, p: _Point) -> torch.Tensor:
         r"""The inequality part of LANCELOT's violation measure, :math:`\max(g, -\lambda/\rho)`."""
         return torch.maximum(p.g, -self.lam / self.rho)
 
     def _value(self, p: _Point) -> torch.Tensor:
-        rho = p.f.new_tensor(self.rho)
-        return (
-            p.f
-            + AugmentedLagrangian.primal_term(self.lam, p.g, rho, True).sum()
-            + AugmentedLagrangian.primal_term(self.mu, p.h, rho, False).sum()
-        )
+        # AugmentedLagrangian.primal_term, specialized to a fixed rho > 0 (the branch is taken as
+        # there, so that a NaN value propagates through the smooth branch).
+        g, h, rho = p.g, p.h, self.rho
+        smooth = g * (self.lam + (0.5 * rho) * g)
+        ineq = torch.where(self.lam + rho * g < 0, self.flat, smooth).sum()
+        return p.f + ineq + (h * (self.mu + (0.5 * rho) * h)).sum()
 
     def value(self, p: _Point) -> tuple[float, torch.Tensor]:
         """The augmented Lagrangian at ``p`` as a number (``inf`` if not finite) and a tensor."""
@@ -464,21 +482,23 @@ class _AugmentedLagrangian:
         mu = self.mu + self.rho * p.h
         grad = p.gradient(lam, mu)
         s = p.scales
-        positive = p.g.clamp(min=0)
+        # Complementary slackness |lam g| / max(1, lam), lam and g in the problem's units.
+        slack = lam * p.g_raw if s.unit else lam * s.g * p.g_raw / s.f
+        lam_units = lam if s.unit else lam * s.g / s.f
         # NaN and infinite values propagate to these maxima: their finiteness is the check.
         measures = torch.stack(
             [
                 self._value(p) if value is None else value,
-                torch.maximum(_amax(positive / s.g), _amax(p.h / s.h)),
-                torch.maximum(_amax(positive), _amax(p.h)),
-                _amax(lam * p.g / torch.clamp(lam * s.g / s.f, min=1)),
+                torch.maximum(_amax(p.g_raw.clamp(min=0)), _amax(p.h_raw)),
+                torch.maximum(_amax(p.g.clamp(min=0)), _amax(p.h)),
+                _amax(slack / lam_units.clamp(min=1)),
                 _amax(_reduced(p.x, grad, self.lower, self.upper)),
             ]
         )
         values = measures.tolist()
         ok = all(math.isfinite(v) for v in values)
         value_f, violation, scaled_violation, slackness, norm = values
-        kkt = _KKT(violation, slackness / s.f, norm / s.f)
+        kkt = _KKT(violation, slackness, norm / s.f)
         return _Iterate(
             p, value_f if ok else math.inf, grad, lam, mu, norm, scaled_violation, kkt, ok
         )
@@ -513,6 +533,8 @@ class _Memory:
         self.s: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.k: torch.Tensor | None = None
+        self.w: torch.Tensor | None = None
+        self.system: torch.Tensor | None = None
         self.theta = 1.0
         self.last_step: float | None = None
 
@@ -521,7 +543,7 @@ class _Memory:
 
     def clear(self) -> None:
         """Forget every pair."""
-        self.s = self.y = self.k = None
+        self.s = self.y = self.k = self.w = self.system = None
 
     def push(self, s: torch.Tensor, y: torch.Tensor) -> None:
         r"""Add a pair when its curvature :math:`s^\top y` is safely positive."""
@@ -544,23 +566,28 @@ class _Memory:
                 torch.cat([lower, self.theta * (self.s @ self.s.T)], dim=1),
             ]
         )
+        self.w = torch.cat([self.y, self.theta * self.s])  # W^T, shape (2m, n)
+        self.system = self.k - (self.w @ self.w.T) / self.theta
 
-    def solve(self, v: torch.Tensor, free: torch.Tensor) -> torch.Tensor | None:
+    def solve(self, v: torch.Tensor, free: torch.Tensor | None) -> torch.Tensor | None:
         r"""The reduced quasi-Newton step :math:`B_{FF}^{-1} v_F` on the ``free`` variables.
 
         By the Sherman–Morrison–Woodbury formula (Byrd, Lu, Nocedal & Zhu, 1995, eq. 5.11),
         :math:`B_{FF}^{-1} = \theta^{-1} I + \theta^{-2} W_F (K - \theta^{-1} W_F^\top
-        W_F)^{-1} W_F^\top`. Zero outside ``free``; None when the small system is singular.
+        W_F)^{-1} W_F^\top`. Zero outside ``free`` (None: every variable is free); None when
+        the small system is singular.
         """
-        assert self.s is not None and self.y is not None and self.k is not None
-        w = torch.cat([self.y, self.theta * self.s]) * free  # W_F^T, shape (2m, n)
-        v = v * free
+        assert self.w is not None and self.k is not None and self.system is not None
+        if free is None:
+            w, system = self.w, self.system
+        else:
+            w, v = self.w * free, v * free
+            system = self.k - (w @ w.T) / self.theta
         try:
-            z = torch.linalg.solve(self.k - (w @ w.T) / self.theta, w @ v)
+            z = torch.linalg.solve(system, w @ v)
         except RuntimeError:  # torch.linalg.LinAlgError: the system is singular
             return None
-        step = v / self.theta + (w.T @ z) / self.theta**2
-        return step if bool(torch.isfinite(step).all()) else None
+        return v / self.theta + (w.T @ z) / self.theta**2
 
 
 def _clip(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -607,13 +634,15 @@ def _inner_solve(
         # Bertsekas' epsilon-active set: variables near a bound, the gradient pushing out.
         eps = min(_EPS_ACTIVE, current.reduced_norm)
         held = ((x - lower <= eps) & (grad > 0)) | ((upper - x <= eps) & (grad < 0))
-        free = ~held
+        free = ~held if bool(held.any()) else None
         # Held variables move onto their bound; free ones take the reduced quasi-Newton step.
         step = memory.solve(grad, free) if len(memory) else None
         if step is None:
             memory.clear()
-            step = grad * free / max(1.0, current.reduced_norm)
-        direction = torch.where(free, -step, torch.where(grad > 0, lower - x, upper - x))
+            step = (grad if free is None else grad * free) / max(1.0, current.reduced_norm)
+        direction = -step
+        if free is not None:
+            direction = torch.where(free, direction, torch.where(grad > 0, lower - x, upper - x))
         if memory.last_step is not None:
             size = float(direction.abs().max())
             if size > _STEP_GROWTH * memory.last_step:
@@ -789,7 +818,9 @@ def solve(
         max_inner: Largest number of L-BFGS iterations per outer iteration.
         history_size: L-BFGS memory (curvature pairs).
         max_evaluations: Largest number of evaluations of the problem (None: no limit).
-        scaling: Scale the objective and the constraint rows by their gradients at ``x0``.
+        scaling: Scale the objective and the constraint rows by their gradients at ``x0`` (the
+            row gradients cost one batched vector-Jacobian product, or one per row when the
+            problem's backward cannot be batched).
         callback: Called with an :class:`OuterIterate` after each outer iteration.
 
     Returns:
@@ -935,8 +966,8 @@ def solve(
                     iteration=outer,
                     x=p.x.clone(),
                     fun=float(p.f) / scales.f,
-                    ineq=p.g / scales.g,
-                    eq=p.h / scales.h,
+                    ineq=p.g_raw,
+                    eq=p.h_raw,
                     max_violation=current.kkt.violation,
                     rho=inner_rho,
                     next_rho=rho,
@@ -975,7 +1006,7 @@ def _result(
     x = point.x
     grad = final.grad / s.f
     lam, mu = final.lam * s.g / s.f, final.mu * s.h / s.f
-    g = point.g / s.g
+    g = point.g_raw
     # Bound multipliers: the part of the Lagrangian's gradient that the bounds hold.
     zero = torch.zeros_like(grad)
     lower_mult = torch.where(x <= lower, grad.clamp(min=0), zero)
