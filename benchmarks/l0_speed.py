@@ -9,9 +9,10 @@ Three sections, each printing one table with the goal next to every ratio:
   layers only: cross-entropy, weights' and gates' optimizers) and ``constrained`` (the trainer's
   full step: :class:`~l0_sparsity.problem.SparsityProblem` with its density constraint and
   expected-L2 term, :class:`conopt.optim.SimultaneousGDA` with dual restarts, through the open
-  ``lagrangian`` / ``apply`` path). Optimizers, learning rates, target and weight decay follow
-  the model's preset. Goal: ratio ≤ 1.3. The ``faults`` columns count minor page faults per
-  step (see :func:`pin_glibc_heap`).
+  ``lagrangian`` / ``apply`` path). Every variant uses the trainer's optimizers
+  (:func:`l0_sparsity.train.make_optimizer`, fused SGD or Adam); learning rates, target
+  and weight decay follow the model's preset. Goal: ratio ≤ 1.3. The ``faults`` columns count
+  minor page faults per step (see :func:`pin_glibc_heap`).
 * ``--purge`` (b): eval-mode inference latency of :func:`l0_sparsity.purge.purge`'s output
   against the gated model at test densities 0.7 / 0.5 / 0.3 (``log α`` set so that that
   fraction of the groups of every gated layer is active), for ``mlp`` and ``resnet18_cifar`` on
@@ -46,12 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import conopt
 from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
 from l0_sparsity.models import build_model
 from l0_sparsity.presets import TrainConfig, get_preset
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.purge import purge, purge_report
+from l0_sparsity.train import make_constrained_optimizer, make_optimizer
 
 TRAIN_GOAL = 1.3
 """Section (a): a gated step may cost at most this many dense steps."""
@@ -147,12 +148,6 @@ def interleaved(
 
 
 # ------------------------------------------------------------------------ (a) training steps
-def _optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return torch.optim.Adam(params, lr=lr)
-
-
 class SyntheticBatches:
     """A cycle over a few fixed random input batches, with fresh random labels at each call.
 
@@ -249,11 +244,11 @@ def make_train_step(
 
     if variant != "constrained":
         if variant == "dense":
-            opts = [_optimizer(config.optimizer, list(model.parameters()), config.lr)]
+            opts = [make_optimizer(config.optimizer, list(model.parameters()), config.lr)]
         else:
             opts = [
-                _optimizer(config.optimizer, weight_parameters(model), config.lr),
-                _optimizer(config.optimizer, gate_parameters(model), config.gates_lr),
+                make_optimizer(config.optimizer, weight_parameters(model), config.lr),
+                make_optimizer(config.optimizer, gate_parameters(model), config.gates_lr),
             ]
 
         def step() -> None:
@@ -271,13 +266,7 @@ def make_train_step(
     # As l0_sparsity.train.train does it (logging left out).
     problem = SparsityProblem(model, target=config.target, weight_decay=config.weight_decay)
     problem = problem.to(device)
-    weights_opt = _optimizer(config.optimizer, weight_parameters(model), config.lr)
-    gates_opt = _optimizer(config.optimizer, gate_parameters(model), config.gates_lr)
-    dual_params = list(problem.dual_parameters())
-    dual_opt = torch.optim.SGD(dual_params, lr=config.dual_lr, maximize=True)
-    optimizer = conopt.optim.SimultaneousGDA(
-        problem, [weights_opt, gates_opt], dual_opt, dual_restarts=config.dual_restarts
-    )
+    optimizer = make_constrained_optimizer(config, model, problem)
 
     def constrained_step() -> None:
         x, y = data()

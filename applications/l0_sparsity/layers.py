@@ -25,7 +25,7 @@ import fnmatch
 import itertools
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,8 @@ __all__ = [
 
 SkipSpec = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 """Layers to leave dense in :func:`sparsify`: glob pattern(s) on qualified names, or a predicate."""
+
+_Gated = TypeVar("_Gated", bound="GatedLayer")
 
 
 class GatedLayer(nn.Module, abc.ABC):
@@ -167,6 +169,32 @@ class GatedLayer(nn.Module, abc.ABC):
     def dense_module(self) -> nn.Module:
         """A plain torch layer computing this layer's eval-mode output, gates folded in."""
 
+    @classmethod
+    def _copy_of(
+        cls: type[_Gated],
+        dense: nn.Linear | nn.Conv2d,
+        *geometry: Any,
+        structured: bool,
+        droprate_init: float,
+        distribution: HardConcrete | None,
+    ) -> _Gated:
+        """``cls(*geometry, bias, ...)`` with ``dense``'s weights, bias, device, dtype and mode."""
+        layer = cls(
+            *geometry,
+            dense.bias is not None,
+            structured=structured,
+            droprate_init=droprate_init,
+            distribution=distribution,
+            device=dense.weight.device,
+            dtype=dense.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(dense.weight)
+            if dense.bias is not None and layer.bias is not None:
+                layer.bias.copy_(dense.bias)
+        layer.train(dense.training)
+        return layer
+
     def _gate_repr(self) -> str:
         kind = "structured" if self.structured else "unstructured"
         return f"{kind}, gates={self.num_gates}, group_size={self.group_size}"
@@ -242,22 +270,14 @@ class L0Linear(GatedLayer):
         Returns:
             A new :class:`L0Linear`.
         """
-        layer = cls(
+        return cls._copy_of(
+            linear,
             linear.in_features,
             linear.out_features,
-            linear.bias is not None,
             structured=structured,
             droprate_init=droprate_init,
             distribution=distribution,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None and layer.bias is not None:
-                layer.bias.copy_(linear.bias)
-        layer.train(linear.training)
-        return layer
 
     def group_sq_norms(self) -> Tensor:
         """Squared norm of each input column (structured) or each weight squared."""
@@ -396,27 +416,19 @@ class L0Conv2d(GatedLayer):
         """
         if conv.padding_mode != "zeros":
             raise ValueError(f"only zero padding is supported, got {conv.padding_mode!r}")
-        layer = cls(
+        return cls._copy_of(
+            conv,
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            conv.stride,  # type: ignore[arg-type]
-            conv.padding,  # type: ignore[arg-type]
-            conv.dilation,  # type: ignore[arg-type]
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
             conv.groups,
-            conv.bias is not None,
             structured=structured,
             droprate_init=droprate_init,
             distribution=distribution,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None and layer.bias is not None:
-                layer.bias.copy_(conv.bias)
-        layer.train(conv.training)
-        return layer
 
     def group_sq_norms(self) -> Tensor:
         """Squared norm of each filter (structured) or each weight squared."""

@@ -28,7 +28,7 @@ import copy
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,8 @@ __all__ = [
     "purge_report",
     "save_purged",
 ]
+
+_Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)
 
 # Channel-wise ops that map a channel of zeros to a channel of zeros.
 _ZERO_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
@@ -376,14 +378,31 @@ class _Purger:
         return self.gm.eval()
 
 
-def _slice_conv(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None) -> nn.Conv2d:
-    weight = conv.weight.detach()
-    bias = None if conv.bias is None else conv.bias.detach()
+def _sliced(
+    layer: nn.Conv2d | nn.Linear, keep_out: Tensor | None, keep_in: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """``layer``'s detached weight and bias, keeping ``keep_out`` outputs and ``keep_in`` inputs."""
+    weight = layer.weight.detach()
+    bias = None if layer.bias is None else layer.bias.detach()
     if keep_out is not None:
         weight = weight[keep_out]
         bias = None if bias is None else bias[keep_out]
     if keep_in is not None:
         weight = weight[:, keep_in]
+    return weight, bias
+
+
+def _filled(out: _Layer, weight: Tensor, bias: Tensor | None, training: bool) -> _Layer:
+    """``out`` holding copies of ``weight`` and ``bias``, in training mode if ``training``."""
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out.train(training)
+
+
+def _slice_conv(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None) -> nn.Conv2d:
+    weight, bias = _sliced(conv, keep_out, keep_in)
     out = nn.Conv2d(
         weight.shape[1],
         weight.shape[0],
@@ -396,29 +415,15 @@ def _slice_conv(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None
         device=weight.device,
         dtype=weight.dtype,
     )
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if bias is not None:
-            out.bias.copy_(bias)
-    return out.train(conv.training)
+    return _filled(out, weight, bias, conv.training)
 
 
 def _slice_linear(linear: nn.Linear, keep_out: Tensor | None, keep_in: Tensor | None) -> nn.Linear:
-    weight = linear.weight.detach()
-    bias = None if linear.bias is None else linear.bias.detach()
-    if keep_out is not None:
-        weight = weight[keep_out]
-        bias = None if bias is None else bias[keep_out]
-    if keep_in is not None:
-        weight = weight[:, keep_in]
+    weight, bias = _sliced(linear, keep_out, keep_in)
     out = nn.Linear(
         weight.shape[1], weight.shape[0], bias is not None, device=weight.device, dtype=weight.dtype
     )
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if bias is not None:
-            out.bias.copy_(bias)
-    return out.train(linear.training)
+    return _filled(out, weight, bias, linear.training)
 
 
 def _slice_norm(norm: nn.Module, keep: Tensor) -> nn.BatchNorm2d:

@@ -6,32 +6,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toy_problems import DUAL_LR, LAM0, LR, X0, A, B, Linear, T, linear_grad
 
 import conopt
 from conopt.optim import ExtraAdam, Extragradient, ExtrapolationMixin, ExtraSGD, SimultaneousGDA
 
 D = dict(dtype=torch.float64)
-A = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0]], **D)
-B = torch.tensor([0.5, -0.5], **D)
-T = torch.tensor([1.0, 1.0, -1.0], **D)
-X0 = torch.tensor([0.2, 0.4, -0.3], **D)
-LAM0 = torch.tensor([0.3, 0.05], **D)
-LR, DUAL_LR = 0.1, 0.5
-
-
-class Linear(conopt.ConstrainedProblem):
-    """f(x) = ½‖x − T‖², g(x) = A x − B ≤ 0."""
-
-    def __init__(self):
-        super().__init__()
-        self.g = conopt.Constraint("<=", 2, multiplier=conopt.DenseMultiplier(init=LAM0))
-
-    def evaluate(self, x):
-        return conopt.ProblemState(loss=0.5 * ((x - T) ** 2).sum(), constraints={self.g: A @ x - B})
-
-
-def _grad_f(x, lam):
-    return x - T + A.T @ lam
 
 
 def _extragradient(primal_cls=ExtraSGD, dual_cls=ExtraSGD, **kwargs):
@@ -116,9 +96,9 @@ def test_extragradient_needs_extrapolating_optimizers(role):
 def test_extragradient_step_updates_from_the_original_point_with_extrapolated_gradients():
     problem, x, optimizer = _extragradient()
     optimizer.step(lambda: problem.evaluate(x))
-    x_half = X0 - LR * _grad_f(X0, LAM0)
+    x_half = X0 - LR * linear_grad(X0, LAM0)
     lam_half = (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0)
-    assert torch.allclose(x.detach(), X0 - LR * _grad_f(x_half, lam_half))
+    assert torch.allclose(x.detach(), X0 - LR * linear_grad(x_half, lam_half))
     expected = (LAM0 + DUAL_LR * (A @ x_half - B)).clamp(min=0)
     assert torch.allclose(problem.g.multiplier.weight.detach(), expected)
 
@@ -142,14 +122,14 @@ def test_extragradient_reports_the_original_point_with_its_stationarity():
     report = optimizer.step(lambda: problem.evaluate(x))
     assert float(report.loss) == pytest.approx(float(0.5 * ((X0 - T) ** 2).sum()))
     assert torch.equal(report.constraints["g"].multiplier, LAM0)
-    assert float(report.stationarity) == pytest.approx(float(_grad_f(X0, LAM0).norm()))
-    assert report.kkt.stationarity == pytest.approx(float(_grad_f(X0, LAM0).norm()))
+    assert float(report.stationarity) == pytest.approx(float(linear_grad(X0, LAM0).norm()))
+    assert report.kkt.stationarity == pytest.approx(float(linear_grad(X0, LAM0).norm()))
 
 
 def test_extragradient_restarts_use_the_extrapolated_point():
     problem, x, optimizer = _extragradient(dual_restarts=True)
     optimizer.step(lambda: problem.evaluate(x))
-    x_half = X0 - LR * _grad_f(X0, LAM0)
+    x_half = X0 - LR * linear_grad(X0, LAM0)
     feasible = (A @ x_half - B) < 0
     weight = problem.g.multiplier.weight.detach()
     assert feasible.any()

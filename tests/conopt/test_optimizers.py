@@ -3,45 +3,12 @@
 import pytest
 import torch
 from torch import nn
+from toy_problems import DUAL_LR, LAM0, LR, X0, A, B, Linear, T, linear_grad
 
 import conopt
 from conopt.optim import AlternatingGDA, Extragradient, ExtraSGD, SimultaneousGDA
 
 D = dict(dtype=torch.float64)
-A = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0]], **D)
-B = torch.tensor([0.5, -0.5], **D)
-T = torch.tensor([1.0, 1.0, -1.0], **D)
-X0 = torch.tensor([0.2, 0.4, -0.3], **D)
-LAM0 = torch.tensor([0.3, 0.05], **D)
-LR, DUAL_LR = 0.1, 0.5
-
-
-class Linear(conopt.ConstrainedProblem):
-    """f(x) = ½‖x − T‖², g(x) = A x − B ≤ 0: one vector constraint or one per row."""
-
-    def __init__(self, split=False, kind="<=", init=LAM0):
-        super().__init__()
-        self.split = split
-        if split:
-            self.rows = nn.ModuleList(
-                [conopt.Constraint(kind, multiplier=conopt.DenseMultiplier(init=v)) for v in init]
-            )
-        else:
-            self.g = conopt.Constraint(kind, 2, multiplier=conopt.DenseMultiplier(init=init))
-
-    def evaluate(self, x):
-        g = A @ x - B
-        constraints = dict(zip(self.rows, g.unbind(), strict=True)) if self.split else {self.g: g}
-        return conopt.ProblemState(loss=0.5 * ((x - T) ** 2).sum(), constraints=constraints)
-
-    def lam(self):
-        if self.split:
-            return torch.stack([c.multiplier.weight.detach() for c in self.rows])
-        return self.g.multiplier.weight.detach().clone()
-
-
-def _grad_f(x, lam):
-    return x - T + A.T @ lam
 
 
 def _setup(cls=SimultaneousGDA, split=False, kind="<=", dual=torch.optim.SGD, **kwargs):
@@ -61,7 +28,7 @@ def _setup(cls=SimultaneousGDA, split=False, kind="<=", dual=torch.optim.SGD, **
 def test_simultaneous_step_moves_both_players_from_the_same_point(split):
     problem, x, optimizer = _setup(split=split)
     optimizer.step(lambda: problem.evaluate(x))
-    assert torch.allclose(x.detach(), X0 - LR * _grad_f(X0, LAM0))
+    assert torch.allclose(x.detach(), X0 - LR * linear_grad(X0, LAM0))
     assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
 
 
@@ -69,7 +36,7 @@ def test_simultaneous_step_moves_both_players_from_the_same_point(split):
 def test_alternating_primal_first_updates_multipliers_at_the_new_point(split):
     problem, x, optimizer = _setup(AlternatingGDA, split=split)
     optimizer.step(lambda: problem.evaluate(x))
-    x1 = X0 - LR * _grad_f(X0, LAM0)
+    x1 = X0 - LR * linear_grad(X0, LAM0)
     assert torch.allclose(x.detach(), x1)
     assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ x1 - B)).clamp(min=0))
 
@@ -80,13 +47,13 @@ def test_alternating_dual_first_moves_x_with_the_new_multipliers(split):
     optimizer.step(lambda: problem.evaluate(x))
     lam1 = (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0)
     assert torch.allclose(problem.lam(), lam1)
-    assert torch.allclose(x.detach(), X0 - LR * _grad_f(X0, lam1))
+    assert torch.allclose(x.detach(), X0 - LR * linear_grad(X0, lam1))
 
 
 def test_alternating_primal_first_reports_the_new_point():
     problem, x, optimizer = _setup(AlternatingGDA)
     report = optimizer.step(lambda: problem.evaluate(x))
-    x1 = X0 - LR * _grad_f(X0, LAM0)
+    x1 = X0 - LR * linear_grad(X0, LAM0)
     assert torch.allclose(report.constraints["g"].value, A @ x1 - B)
 
 
@@ -114,7 +81,7 @@ def test_several_primal_optimizers_each_step_their_parameters():
         torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
     )
     optimizer.step(lambda: problem.evaluate(torch.cat([first, rest])))
-    expected = X0 - LR * _grad_f(X0, LAM0)
+    expected = X0 - LR * linear_grad(X0, LAM0)
     assert torch.allclose(torch.cat([first, rest]).detach(), expected)
 
 
@@ -201,7 +168,7 @@ def test_open_path_with_grad_scaler_and_clipping_equals_the_unscaled_step():
     assert torch.equal(scaled_problem.lam(), problem.lam())
     # the dual step is exactly lr * g: the closed-form dual gradient is never scaled
     assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
-    gradient = _grad_f(X0, LAM0)
+    gradient = linear_grad(X0, LAM0)
     assert torch.allclose(x.detach(), X0 - LR * gradient * 0.5 / gradient.norm())
     assert report.stationarity == pytest.approx(0.5, abs=1e-5)  # the clipped gradient's norm
 
@@ -212,7 +179,7 @@ def test_open_path_unscales_gradients_itself_when_the_user_did_not():
     scaler.scale(optimizer.lagrangian(problem.evaluate(x))).backward()
     optimizer.apply(scaler=scaler)
     scaler.update()
-    assert torch.allclose(x.detach(), X0 - LR * _grad_f(X0, LAM0))
+    assert torch.allclose(x.detach(), X0 - LR * linear_grad(X0, LAM0))
     assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
 
 

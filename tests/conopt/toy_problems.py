@@ -1,4 +1,4 @@
-"""Toy problems shared by the conopt tests: quadratic programs with known solutions."""
+"""Toy problems shared by the conopt tests: QPs with known solutions, and the small ``Linear``."""
 
 from __future__ import annotations
 
@@ -179,6 +179,44 @@ class QP(conopt.ConstrainedProblem):
         if self.split:
             return torch.stack([c.multiplier.weight.detach() for c in module]).clone()
         return module.multiplier.weight.detach().clone()
+
+
+# Linear: a 3-variable quadratic with two linear inequalities, for the optimizer tests.
+A = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 1.0]], dtype=torch.float64)
+B = torch.tensor([0.5, -0.5], dtype=torch.float64)
+T = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+X0 = torch.tensor([0.2, 0.4, -0.3], dtype=torch.float64)
+LAM0 = torch.tensor([0.3, 0.05], dtype=torch.float64)
+LR, DUAL_LR = 0.1, 0.5
+
+
+class Linear(conopt.ConstrainedProblem):
+    """f(x) = ½‖x − T‖², g(x) = A x − B ≤ 0: one vector constraint or one per row."""
+
+    def __init__(self, split=False, kind="<=", init=LAM0):
+        super().__init__()
+        self.split = split
+        if split:
+            self.rows = nn.ModuleList(
+                [conopt.Constraint(kind, multiplier=conopt.DenseMultiplier(init=v)) for v in init]
+            )
+        else:
+            self.g = conopt.Constraint(kind, 2, multiplier=conopt.DenseMultiplier(init=init))
+
+    def evaluate(self, x):
+        g = A @ x - B
+        constraints = dict(zip(self.rows, g.unbind(), strict=True)) if self.split else {self.g: g}
+        return conopt.ProblemState(loss=0.5 * ((x - T) ** 2).sum(), constraints=constraints)
+
+    def lam(self):
+        if self.split:
+            return torch.stack([c.multiplier.weight.detach() for c in self.rows])
+        return self.g.multiplier.weight.detach().clone()
+
+
+def linear_grad(x, lam):
+    """Gradient in ``x`` of :class:`Linear`'s Lagrangian ``f + λᵀg``: ``x − T + Aᵀλ``."""
+    return x - T + A.T @ lam
 
 
 def snapshot(*objects) -> list:

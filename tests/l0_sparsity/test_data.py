@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from l0_helpers import write_fashion
 from PIL import Image
 
 from l0_sparsity.data import (
@@ -41,30 +41,6 @@ from l0_sparsity.data.transforms import pil_to_tensor, random_resized_crop_box
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def write_fashion(directory: Path, gz: bool, n_train: int = 30, n_test: int = 10) -> dict:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
-        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
-        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    for stem, array in arrays.items():
-        write_idx(directory / (stem + (".gz" if gz else "")), array)
-    return arrays
 
 
 def write_cifar_batch(path: Path, count: int, label_key: bytes, num_classes: int, seed: int):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from l0_helpers import smoke_cli
 
 from l0_sparsity.data import build_datasets, make_loader
 from l0_sparsity.models import build_model
@@ -54,25 +55,15 @@ REPORT_VARIABLE = "L0_TEST_DDP_REPORT"
 
 
 def _cli_args(output_dir: Path, epochs: int, resume: bool = False) -> list[str]:
-    args = [
-        "train",
-        "--preset",
-        "synthetic_smoke",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--num-workers",
-        "0",
+    args = smoke_cli(
+        output_dir,
         "--epochs",
         str(epochs),
         "--batch-size",
         str(BATCH_SIZE),
-        "--output-dir",
-        str(output_dir),
         "--on-nonfinite",
         "skip",
-    ]
+    )
     return [*args, "--resume"] if resume else args
 
 

@@ -4,6 +4,7 @@ import functools
 
 import pytest
 import torch
+from l0_helpers import SPECS
 from torch import nn
 
 from l0_sparsity.layers import (
@@ -14,16 +15,6 @@ from l0_sparsity.layers import (
     gated_layers,
 )
 from l0_sparsity.models import MODELS, build_model
-
-# name -> (in_channels, input side): 28 for MNIST models, 32 for CIFAR ones, 64 for ImageNet ones
-SPECS = {
-    "mlp": (1, 28),
-    "lenet5": (1, 28),
-    "resnet18_cifar": (3, 32),
-    "wrn28_10": (3, 32),
-    "resnet18": (3, 64),
-    "resnet50": (3, 64),
-}
 
 
 @functools.cache

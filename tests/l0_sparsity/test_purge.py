@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from l0_helpers import SPECS
 from torch import nn
 
 from l0_sparsity.layers import GatedBatchNorm2d, L0Linear, gated_layers, sparsify
@@ -20,14 +21,6 @@ from l0_sparsity.purge import (
     save_purged,
 )
 
-SPECS = {
-    "mlp": (1, 28),
-    "lenet5": (1, 28),
-    "resnet18_cifar": (3, 32),
-    "wrn28_10": (3, 32),
-    "resnet18": (3, 64),
-    "resnet50": (3, 64),
-}
 DENSITIES = [0.7, 0.5, 0.3, 0.0]
 
 

@@ -25,6 +25,7 @@ import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from l0_helpers import smoke_cli
 
 import l0_sparsity.train as trainer
 from l0_sparsity.checkpoint import load_checkpoint
@@ -39,23 +40,6 @@ from l0_sparsity.train import train
 SMOKE = get_preset("synthetic_smoke").replace(
     threads=1, num_workers=0, device="cpu", epochs=1, batch_size=64
 )
-
-
-def _cli(output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--preset",
-        "synthetic_smoke",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--num-workers",
-        "0",
-        "--output-dir",
-        str(output_dir),
-        *extra,
-    ]
 
 
 def _digests(directory: Path) -> dict[str, str]:
@@ -112,7 +96,7 @@ def test_bf16_autocast_on_cpu_keeps_multipliers_and_constraints_float32(tmp_path
 
 
 def test_fp16_is_refused_on_cpu_with_one_clear_line(tmp_path, capsys):
-    assert main(_cli(tmp_path, "--amp", "fp16")) == 2
+    assert main(smoke_cli(tmp_path, "--amp", "fp16")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fp16" in err and "CUDA" in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
@@ -200,7 +184,7 @@ def test_nonfinite_raise_ends_the_cli_run_with_one_line_naming_it(
     tmp_path, monkeypatch, capsys, poison, named
 ):
     with _patched_evaluate(monkeypatch, lambda n, p, s: poison(p, s) if n == 3 else s):
-        code = main(_cli(tmp_path, "--epochs", "1"))
+        code = main(smoke_cli(tmp_path, "--epochs", "1"))
     err = capsys.readouterr().err
     assert code == 1, err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -210,9 +194,9 @@ def test_nonfinite_raise_ends_the_cli_run_with_one_line_naming_it(
 
 def test_nonfinite_skip_skips_counts_and_changes_nothing(tmp_path, monkeypatch):
     optimizers: list[torch.optim.Optimizer] = []
-    make = trainer._make_optimizer
+    make = trainer.make_optimizer
     monkeypatch.setattr(
-        trainer, "_make_optimizer", lambda *args: optimizers.append(make(*args)) or optimizers[-1]
+        trainer, "make_optimizer", lambda *args: optimizers.append(make(*args)) or optimizers[-1]
     )
     snapshots: dict[int, list[torch.Tensor]] = {}
     adam_steps: dict[int, list[float]] = {}
@@ -253,7 +237,7 @@ def test_cli_run_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted
     extra = ("--epochs", str(epochs), "--batch-size", "128")
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "l0_sparsity", *_cli(killed, *extra)],
+        [sys.executable, "-m", "l0_sparsity", *smoke_cli(killed, *extra)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -274,9 +258,9 @@ def test_cli_run_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted
     interrupted_at = load_checkpoint(killed / "checkpoint.pt")["epoch"]
     assert interrupted_at < epochs - 1
 
-    assert main(_cli(killed, *extra, "--resume")) == 0
+    assert main(smoke_cli(killed, *extra, "--resume")) == 0
     full = tmp_path / "full"
-    assert main(_cli(full, *extra)) == 0
+    assert main(smoke_cli(full, *extra)) == 0
 
     a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == epochs - 1
@@ -295,7 +279,7 @@ def test_cli_run_killed_after_a_checkpoint_then_resumed_equals_the_uninterrupted
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 1-epoch ``mlp`` run on ``synthetic``: checkpoint, metrics and plot."""
     directory = tmp_path_factory.mktemp("finished")
-    assert main(_cli(directory, "--epochs", "1", "--batch-size", "128")) == 0
+    assert main(smoke_cli(directory, "--epochs", "1", "--batch-size", "128")) == 0
     return directory
 
 
@@ -378,7 +362,7 @@ FIXED_BAD_FLAGS = [
 @pytest.mark.parametrize("extra", FIXED_BAD_FLAGS, ids=" ".join)
 def test_cli_bad_flag_is_one_error_line_exit_2_and_touches_no_file(finished_run, extra):
     before = _digests(finished_run)
-    _assert_one_clear_error(*_capture_stderr(lambda: main(_cli(finished_run, *extra))))
+    _assert_one_clear_error(*_capture_stderr(lambda: main(smoke_cli(finished_run, *extra))))
     assert _digests(finished_run) == before
 
 
@@ -387,7 +371,7 @@ def test_cli_bad_input_is_one_error_line_exit_2_and_touches_no_file(finished_run
     kind, extra = case
     event(kind)
     before = _digests(finished_run)
-    stderr = _capture_stderr(lambda: main(_cli(finished_run, *extra)))
+    stderr = _capture_stderr(lambda: main(smoke_cli(finished_run, *extra)))
     _assert_one_clear_error(*stderr)
     assert _digests(finished_run) == before
 
@@ -400,7 +384,7 @@ def test_cli_corrupted_checkpoint_is_refused_and_kept(garbage):
         (path / "checkpoint.pt").write_bytes(garbage)
         (path / "metrics.csv").write_text("epoch,train_loss\n0,1.0\n")
         before = _digests(path)
-        _assert_one_clear_error(*_capture_stderr(lambda: main(_cli(path, "--resume"))))
+        _assert_one_clear_error(*_capture_stderr(lambda: main(smoke_cli(path, "--resume"))))
         assert _digests(path) == before
 
 
@@ -412,13 +396,13 @@ def test_cli_truncated_real_checkpoint_is_refused(finished_run, cut):
         data = (finished_run / "checkpoint.pt").read_bytes()
         (path / "checkpoint.pt").write_bytes(data[: int(len(data) * cut)])
         before = _digests(path)
-        _assert_one_clear_error(*_capture_stderr(lambda: main(_cli(path, "--resume"))))
+        _assert_one_clear_error(*_capture_stderr(lambda: main(smoke_cli(path, "--resume"))))
         assert _digests(path) == before
 
 
 def test_checkpoint_of_another_model_names_both(finished_run, tmp_path, capsys):
     shutil.copytree(finished_run, tmp_path / "run")
-    code = main(_cli(tmp_path / "run", "--resume", "--model", "lenet5"))
+    code = main(smoke_cli(tmp_path / "run", "--resume", "--model", "lenet5"))
     err = capsys.readouterr().err
     _assert_one_clear_error(code, err)
     assert "model 'mlp'" in err and "model 'lenet5'" in err

@@ -8,6 +8,7 @@ directories, and missing or malformed files raise :class:`DatasetNotFoundError` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import importlib.util
@@ -330,46 +331,80 @@ def _load_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     return images, targets
 
 
+@dataclasses.dataclass(frozen=True)
+class _CifarLayout:
+    """Files, labels and statistics of one CIFAR variant's python version."""
+
+    name: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+    stats: Stats
+    url: str
+
+
+_CIFAR10 = _CifarLayout(
+    name="cifar10",
+    folder="cifar-10-batches-py",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_files=("test_batch",),
+    label_key="labels",
+    num_classes=10,
+    stats=CIFAR10_STATS,
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+)
+_CIFAR100 = _CifarLayout(
+    name="cifar100",
+    folder="cifar-100-python",
+    train_files=("train",),
+    test_files=("test",),
+    label_key="fine_labels",
+    num_classes=100,
+    stats=CIFAR100_STATS,
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+)
+
+
 def _build_cifar(
-    name: str,
+    layout: _CifarLayout,
     root: str | os.PathLike[str] | None,
-    folder: str,
-    train_files: list[str],
-    test_files: list[str],
-    label_key: str,
-    num_classes: int,
-    stats: Stats,
-    url: str,
     augment: bool,
     subset: int | None,
     test_subset: int | None,
     subset_seed: int,
 ) -> tuple[TensorImageDataset, TensorImageDataset, DatasetInfo]:
+    """Load the CIFAR variant ``layout`` describes (the body of the ``build_cifar*`` builders)."""
     base = Path(root) if root is not None else DEFAULT_DATA_ROOT
-    directory = base if base.name == folder else base / folder
-    needed = [directory / f for f in train_files + test_files]
+    directory = base if base.name == layout.folder else base / layout.folder
+    needed = [directory / f for f in layout.train_files + layout.test_files]
     if not all(path.is_file() for path in needed):
         raise missing_files_error(
-            name,
+            layout.name,
             needed,
-            f"download the CIFAR python version ({url}) and extract it into {base}, "
-            f"which then holds {folder}/",
+            f"download the CIFAR python version ({layout.url}) and extract it into {base}, "
+            f"which then holds {layout.folder}/",
         )
 
-    def load(files: list[str]) -> tuple[Tensor, Tensor]:
-        parts = [_load_cifar_batch(directory / f, label_key) for f in files]
+    def load(files: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+        parts = [_load_cifar_batch(directory / f, layout.label_key) for f in files]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DatasetFormatError(f"{name}: labels outside [0, {num_classes}) in {directory}")
+        if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
+            raise DatasetFormatError(
+                f"{layout.name}: labels outside [0, {layout.num_classes}) in {directory}"
+            )
         return torch.from_numpy(images), torch.from_numpy(labels)
 
-    normalize = Normalize(*stats)
+    normalize = Normalize(*layout.stats)
     augmentation = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip()]) if augment else None
-    train = TensorImageDataset(*load(train_files), transform=normalize, augmentation=augmentation)
-    test = TensorImageDataset(*load(test_files), transform=normalize)
+    train = TensorImageDataset(
+        *load(layout.train_files), transform=normalize, augmentation=augmentation
+    )
+    test = TensorImageDataset(*load(layout.test_files), transform=normalize)
     train, test = _apply_subsets(train, test, subset, test_subset, subset_seed)
-    return train, test, DatasetInfo(name, num_classes, 3, 32, *stats)
+    return train, test, DatasetInfo(layout.name, layout.num_classes, 3, 32, *layout.stats)
 
 
 def build_cifar10(
@@ -398,21 +433,7 @@ def build_cifar10(
     Raises:
         DatasetNotFoundError: If files are missing; :class:`DatasetFormatError` if malformed.
     """
-    return _build_cifar(
-        "cifar10",
-        root,
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        ["test_batch"],
-        "labels",
-        10,
-        CIFAR10_STATS,
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        augment,
-        subset,
-        test_subset,
-        subset_seed,
-    )
+    return _build_cifar(_CIFAR10, root, augment, subset, test_subset, subset_seed)
 
 
 def build_cifar100(
@@ -438,21 +459,7 @@ def build_cifar100(
     Raises:
         DatasetNotFoundError: If files are missing; :class:`DatasetFormatError` if malformed.
     """
-    return _build_cifar(
-        "cifar100",
-        root,
-        "cifar-100-python",
-        ["train"],
-        ["test"],
-        "fine_labels",
-        100,
-        CIFAR100_STATS,
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        augment,
-        subset,
-        test_subset,
-        subset_seed,
-    )
+    return _build_cifar(_CIFAR100, root, augment, subset, test_subset, subset_seed)
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -9,6 +9,7 @@ block keeps its output width and the residual additions keep their shapes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -169,29 +170,19 @@ def block_conv_names(model: nn.Module) -> set[str]:
     return names
 
 
-def _gate_blocks(model: nn.Module, droprate_init: float, structured: bool) -> None:
-    targets = block_conv_names(model)
-    sparsify(
-        model,
-        structured=structured,
-        droprate_init=droprate_init,
-        skip=lambda name, _module: name not in targets,
-    )
+_Model = TypeVar("_Model", bound=nn.Module)
 
 
-def _build(
-    block: type[BasicBlock] | type[Bottleneck],
-    layers: Sequence[int],
-    stem: str,
-    num_classes: int,
-    in_channels: int,
-    droprate_init: float,
-    structured: bool,
-    gated: bool,
-) -> ResNet:
-    model = ResNet(block, layers, num_classes, in_channels, stem)
+def _gate_blocks(model: _Model, *, gated: bool, droprate_init: float, structured: bool) -> _Model:
+    """Gate ``model``'s block convolutions (:func:`block_conv_names`) in place if ``gated``."""
     if gated:
-        _gate_blocks(model, droprate_init, structured)
+        targets = block_conv_names(model)
+        sparsify(
+            model,
+            structured=structured,
+            droprate_init=droprate_init,
+            skip=lambda name, _module: name not in targets,
+        )
     return model
 
 
@@ -215,16 +206,8 @@ def resnet18_cifar(
     Returns:
         The model.
     """
-    return _build(
-        BasicBlock,
-        (2, 2, 2, 2),
-        "cifar",
-        num_classes,
-        in_channels,
-        droprate_init,
-        structured,
-        gated,
-    )
+    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, stem="cifar")
+    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
 
 
 def resnet18(
@@ -247,16 +230,8 @@ def resnet18(
     Returns:
         The model.
     """
-    return _build(
-        BasicBlock,
-        (2, 2, 2, 2),
-        "imagenet",
-        num_classes,
-        in_channels,
-        droprate_init,
-        structured,
-        gated,
-    )
+    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, stem="imagenet")
+    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
 
 
 def resnet50(
@@ -279,13 +254,5 @@ def resnet50(
     Returns:
         The model.
     """
-    return _build(
-        Bottleneck,
-        (3, 4, 6, 3),
-        "imagenet",
-        num_classes,
-        in_channels,
-        droprate_init,
-        structured,
-        gated,
-    )
+    model = ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, stem="imagenet")
+    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.layers import sparsify
-from l0_sparsity.models.resnet import block_conv_names
+from l0_sparsity.models.resnet import _gate_blocks
 
 __all__ = ["WideBasicBlock", "WideResNet", "wrn28_10"]
 
@@ -128,12 +127,4 @@ def wrn28_10(
         The model.
     """
     model = WideResNet(depth, widen_factor, num_classes, in_channels, dropout)
-    if gated:
-        targets = block_conv_names(model)
-        sparsify(
-            model,
-            structured=structured,
-            droprate_init=droprate_init,
-            skip=lambda name, _module: name not in targets,
-        )
-    return model
+    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
