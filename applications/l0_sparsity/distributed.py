@@ -91,20 +91,6 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_min_(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise minimum of ``tensor`` over the ranks, in place (no-op in a single process).
-
-    Args:
-        tensor: A tensor on this process's device.
-
-    Returns:
-        ``tensor``, for chaining.
-    """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return tensor
-
-
 def teardown(context: DistributedContext | None = None) -> None:
     """Destroy the process group if :func:`setup` initialized it.
 

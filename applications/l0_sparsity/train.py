@@ -230,6 +230,8 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.op
 
     The fused implementations update each parameter in one kernel, on CPU as on CUDA; on the
     CPU MLP preset they make the whole training step about 15 % faster than ``foreach=True``.
+    Where torch has no fused kernel for the parameters' device (or none at all, before 2.4 on
+    CPU), the multi-tensor ``foreach=True`` implementation is used instead.
 
     Args:
         kind: ``"sgd"`` or ``"adam"`` (:attr:`TrainConfig.optimizer`).
@@ -240,8 +242,14 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.op
         The optimizer.
     """
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, fused=True)
-    return torch.optim.Adam(params, lr=lr, fused=True)
+        cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        options: dict[str, Any] = {"momentum": 0.9}
+    else:
+        cls, options = torch.optim.Adam, {}
+    try:
+        return cls(params, lr=lr, fused=True, **options)
+    except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
+        return cls(params, lr=lr, foreach=True, **options)
 
 
 def make_constrained_optimizer(
@@ -267,6 +275,7 @@ def make_constrained_optimizer(
         >>> from l0_sparsity.models import build_model
         >>> from l0_sparsity.presets import get_preset
         >>> from l0_sparsity.problem import SparsityProblem
+        >>> from l0_sparsity.train import make_constrained_optimizer
         >>> model = build_model("mlp")
         >>> problem = SparsityProblem(model, target=0.35)
         >>> optimizer = make_constrained_optimizer(get_preset("mnist_mlp"), model, problem)
@@ -361,35 +370,6 @@ def evaluate_accuracy(
     """
     correct, total = count_correct(model, loader, device, amp_dtype(amp, device))
     return correct / max(total, 1), total
-
-
-def _finite(state: conopt.ProblemState) -> torch.Tensor:
-    """Whether the loss and every constraint value are finite, as a 0/1 tensor (no sync)."""
-    flags = [torch.isfinite(state.loss).all()]
-    for value in state.constraints.values():
-        if isinstance(value, conopt.ConstraintState):
-            flags += [torch.isfinite(value.value).all(), torch.isfinite(value.dual_value).all()]
-        else:
-            flags.append(torch.isfinite(value).all())
-    return torch.stack(flags).all().to(torch.int32).reshape(1)
-
-
-def _agree_on_finiteness(state: conopt.ProblemState, policy: str) -> conopt.ProblemState:
-    """Under DDP: make every rank refuse a step that is not finite on some rank.
-
-    A rank whose values are finite while another's are not raises (``policy="raise"``) or
-    returns ``state`` with a NaN loss, so that its optimizer skips the step with the others
-    (``"skip"``): a lone rank stepping would wait forever for the others' gradients.
-    """
-    local = _finite(state)
-    everywhere = distributed.all_reduce_min_(local.clone())
-    if bool(everywhere) or not bool(local):
-        return state  # all finite, or this rank's optimizer names the culprit itself
-    if policy == "raise":
-        raise NonFiniteError(
-            "a loss or constraint value is not finite on another rank; the step was refused."
-        )
-    return dataclasses.replace(state, loss=torch.full_like(state.loss, math.nan))
 
 
 def _progress(iterable: Any, enabled: bool, description: str) -> Any:
@@ -541,8 +521,6 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
                 state = problem.evaluate(inputs, targets)
             skipped_before = optimizer.skipped_steps
             try:
-                if context.enabled:
-                    state = _agree_on_finiteness(state, config.on_nonfinite)
                 lagrangian = optimizer.lagrangian(state)
             except NonFiniteError as error:
                 raise NonFiniteError(

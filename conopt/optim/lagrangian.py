@@ -432,10 +432,16 @@ def assemble(
         if unchecked:
             checked = checked + torch.stack(unchecked).sum()
         finite = math.isfinite(float(checked))
-        if distributed.world_size() > 1:
-            finite = distributed.all_agree(finite, checked.device)  # all ranks refuse together
+        everywhere = finite
+        if distributed.world_size() > 1:  # all ranks refuse together
+            everywhere = distributed.all_agree(finite, checked.device)
         if not finite:
             _raise_nonfinite(state, groups)
+        if not everywhere:
+            raise NonFiniteError(
+                "a loss or constraint value is not finite on another rank; the step was "
+                "refused on every rank."
+            )
     for group in groups:
         group.write_dual_gradients()
     return AssembledLagrangian(

@@ -1,5 +1,6 @@
 """conopt under DDP: 2 gloo processes on CPU against one process over the same global batches."""
 
+import math
 import os
 import socket
 
@@ -142,3 +143,41 @@ def test_uneven_shards_with_counts_give_the_global_mean():
     expected = float((torch.arange(16.0) / 16).mean() - 0.1)
     assert out[0][0] == out[1][0] == pytest.approx(expected, abs=1e-12)
     assert float(out[0][1]) == pytest.approx(expected, abs=1e-12)
+
+
+def _nonfinite_worker(rank: int, world_size: int, port: int, out: dict):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        values = torch.tensor([math.nan]) if rank == 1 else torch.tensor([0.5])
+        results = {}
+        for policy in ("raise", "skip"):
+            problem = MeanBudget()
+            dummy = torch.zeros(1, requires_grad=True)
+            optimizer = conopt.optim.SimultaneousGDA(
+                problem,
+                torch.optim.SGD([dummy], lr=0.1),
+                torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+                on_nonfinite=policy,
+            )
+            try:
+                optimizer.step(lambda problem=problem: problem.evaluate(values))
+                results[policy] = (optimizer.skipped_steps, problem.mean.multiplier.weight.item())
+            except conopt.optim.lagrangian.NonFiniteError as error:
+                results[policy] = str(error)
+        out[rank] = results
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_a_nonfinite_value_on_one_rank_refuses_the_step_on_every_rank():
+    """The rank with the NaN names it; the other says it came from another rank; skip skips both."""
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_nonfinite_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    assert "constraint 'mean'" in out[1]["raise"] and "NaN" in out[1]["raise"]
+    assert "not finite on another rank" in out[0]["raise"]
+    assert out[0]["skip"] == out[1]["skip"] == (1, 0.0)

@@ -163,3 +163,25 @@ def test_demo_trains_both_runs_and_prints_the_table(tmp_path):
     assert "expected density" in lines[0]
     assert lines[1].startswith("constrained (eps=0.35)") and lines[2].startswith("penalized")
     assert (tmp_path / "constrained" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_make_optimizer_is_fused_and_falls_back_to_foreach(kind, monkeypatch):
+    from l0_sparsity import train as trainer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = trainer.make_optimizer(kind, params, 0.1)
+    assert optimizer.defaults["fused"] is True and optimizer.defaults["lr"] == 0.1
+
+    name = "SGD" if kind == "sgd" else "Adam"
+    original = getattr(torch.optim, name)
+
+    class NoFusedKernel(original):
+        def __init__(self, *args, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be on CUDA")
+            super().__init__(*args, fused=fused, **kwargs)
+
+    monkeypatch.setattr(torch.optim, name, NoFusedKernel)
+    optimizer = trainer.make_optimizer(kind, params, 0.1)
+    assert optimizer.defaults["foreach"] is True and not optimizer.defaults["fused"]
