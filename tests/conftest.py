@@ -6,6 +6,7 @@ default) or ``thorough`` (many more examples, for local runs).
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -25,3 +26,11 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def keep_threads():
+    """Restore torch's intra-op thread count after a test that changes it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 """conopt under DDP: 2 gloo processes on CPU against one process over the same global batches."""
 
+import contextlib
 import math
 import os
 import socket
@@ -68,15 +69,22 @@ def train(rank: int, world_size: int):
     return {name: p.detach().clone() for name, p in problem.state_dict().items()}
 
 
-def _worker(rank: int, world_size: int, port: int, out: dict):
+@contextlib.contextmanager
+def _process_group(rank: int, world_size: int, port: int):
+    """A gloo group on this spawned process, float64 default as tests/conopt/conftest.py sets."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)  # as tests/conopt/conftest.py does in this process
+    torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        out[rank] = train(rank, world_size)
+        yield
     finally:
         dist.destroy_process_group()
+
+
+def _worker(rank: int, world_size: int, port: int, out: dict):
+    with _process_group(rank, world_size, port):
+        out[rank] = train(rank, world_size)
 
 
 def _free_port() -> int:
@@ -112,26 +120,25 @@ class MeanBudget(conopt.ConstrainedProblem):
             {self.mean: conopt.ConstraintState(values.mean() - 0.1, count=values.numel())},
         )
 
+    def optimizer(self, on_nonfinite: str = "raise") -> conopt.optim.SimultaneousGDA:
+        """Dual SGD ascent with step 1 (the primal player is a dummy parameter)."""
+        dummy = torch.zeros(1, requires_grad=True)
+        return conopt.optim.SimultaneousGDA(
+            self,
+            torch.optim.SGD([dummy], lr=0.1),
+            torch.optim.SGD(self.dual_parameters(), lr=1.0, maximize=True),
+            on_nonfinite=on_nonfinite,
+        )
+
 
 def _uneven_worker(rank: int, world_size: int, port: int, out: dict):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with _process_group(rank, world_size, port):
         values = torch.arange(16.0) / 16
         shard = values[:5] if rank == 0 else values[5:]  # 5 and 11 samples
         problem = MeanBudget()
-        dummy = torch.zeros(1, requires_grad=True)
-        optimizer = conopt.optim.SimultaneousGDA(
-            problem,
-            torch.optim.SGD([dummy], lr=0.1),
-            torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
-        )
+        optimizer = problem.optimizer()
         report = optimizer.step(lambda: problem.evaluate(shard))
         out[rank] = (problem.mean.multiplier.weight.item(), report.constraints["mean"].strict_value)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -146,30 +153,18 @@ def test_uneven_shards_with_counts_give_the_global_mean():
 
 
 def _nonfinite_worker(rank: int, world_size: int, port: int, out: dict):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with _process_group(rank, world_size, port):
         values = torch.tensor([math.nan]) if rank == 1 else torch.tensor([0.5])
         results = {}
         for policy in ("raise", "skip"):
             problem = MeanBudget()
-            dummy = torch.zeros(1, requires_grad=True)
-            optimizer = conopt.optim.SimultaneousGDA(
-                problem,
-                torch.optim.SGD([dummy], lr=0.1),
-                torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
-                on_nonfinite=policy,
-            )
+            optimizer = problem.optimizer(on_nonfinite=policy)
             try:
                 optimizer.step(lambda problem=problem: problem.evaluate(values))
                 results[policy] = (optimizer.skipped_steps, problem.mean.multiplier.weight.item())
             except conopt.optim.lagrangian.NonFiniteError as error:
                 results[policy] = str(error)
         out[rank] = results
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -4,17 +4,10 @@ No density or timing is asserted; the script's numbers come from running it on t
 """
 
 import pytest
-import torch
 from l0_helpers import write_fashion
 
 fashion = pytest.importorskip("benchmarks.l0_fashion_resnet18")
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # the scripts set one thread
 
 
 def test_trains_purges_and_times_the_resnet(tmp_path, capsys):

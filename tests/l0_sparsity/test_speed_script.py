@@ -10,13 +10,7 @@ from l0_sparsity.layers import gated_layers
 from l0_sparsity.models import build_model
 
 speed = pytest.importorskip("benchmarks.l0_speed")
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")  # the scripts set one thread
 
 
 def test_interleaved_timing_reports_every_contender():
