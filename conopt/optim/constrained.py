@@ -317,7 +317,9 @@ class ConstrainedOptimizer:
         Args:
             scaler: The ``torch.amp.GradScaler`` that scaled the backward pass, if any; the
                 gradients are unscaled here unless you already called ``scaler.unscale_``.
-                Call ``scaler.update()`` yourself afterwards, as usual.
+                Call ``scaler.update()`` yourself afterwards, as usual, except after a refused
+                step (``report.skipped``, with ``on_nonfinite="skip"``): no gradient was
+                computed or stepped then, and ``update()`` would find no inf checks to act on.
         """
         raise NotImplementedError
 
