@@ -72,6 +72,21 @@ def test_gpu_section_skips_or_runs(capsys):
         assert rows == [] and "CUDA not available: skipped" in out
 
 
+@pytest.mark.parametrize("variant", ["dense", "constrained"])
+def test_gpu_section_step_runs_with_bf16_and_channels_last_on_cpu(variant):
+    """The GPU section's step configuration, on CPU: everything but the CUDA calls."""
+    step = speed.make_train_step(
+        "resnet18_cifar", variant, batch=2, amp=torch.bfloat16, channels_last=True
+    )
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step()
+    step()
+    after = list(step.model.parameters())
+    assert all(p.dtype == torch.float32 for p in after)  # autocast leaves parameters in fp32
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(b, p) for b, p in zip(before, after, strict=True))
+
+
 def test_main_runs_the_chosen_section(capsys):
     speed.main(["--purge", "--models", "mlp", "--rounds", "1"])
     out = capsys.readouterr().out
