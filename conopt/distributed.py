@@ -61,24 +61,13 @@ def all_reduce_values_(
     if ranks == 1 or all(r is None for r in reductions):
         return
     flat = values.reshape(-1)
-    if counts is not None and any(c is not None for c in counts):
-        _all_reduce_weighted_(flat, sizes, reductions, counts)
-        return
-    if all(r == reductions[0] for r in reductions):
+    weighted = counts is not None and any(c is not None for c in counts)
+    if not weighted and all(r == reductions[0] for r in reductions):  # one plain all-reduce
         dist.all_reduce(flat)
         if reductions[0] == "mean":
             flat.div_(ranks)
         return
-    divisors = torch.cat(
-        [
-            flat.new_full((n,), float(ranks) if r == "mean" else 1.0 if r == "sum" else 0.0)
-            for n, r in zip(sizes, reductions, strict=True)
-        ]
-    )
-    shared = divisors > 0
-    buffer = flat[shared]
-    dist.all_reduce(buffer)
-    flat[shared] = buffer / divisors[shared]
+    _all_reduce_weighted_(flat, sizes, reductions, counts or [None] * len(sizes))
 
 
 def _all_reduce_weighted_(
@@ -87,7 +76,7 @@ def _all_reduce_weighted_(
     reductions: Sequence[str | None],
     counts: Sequence[float | None],
 ) -> None:
-    """Count-weighted means (and plain sums) in one all-reduce of numerators and denominators."""
+    """Means (weighted by count; equally for None), sums, local entries: one all-reduce."""
     weights = torch.cat(
         [
             flat.new_full((n,), (1.0 if c is None else float(c)) if r == "mean" else 1.0)

@@ -48,13 +48,6 @@ class _Entry:
     penalized: bool  # the formulation has a penalty growth rule
     value_reduction: str | None  # how the dual value is all-reduced across ranks (or not)
 
-    @property
-    def dense_weight(self) -> torch.Tensor | None:
-        """The weight of a :class:`DenseMultiplier` (read each time: modules may swap it)."""
-        if type(self.multiplier) is DenseMultiplier:
-            return self.multiplier._parameters["weight"]
-        return None
-
 
 @dataclass
 class ConstraintGroup:
@@ -88,13 +81,7 @@ class ConstraintGroup:
                 for part, value in zip(direction.split(self.sizes), self.values, strict=True)
             ]
         for entry, state, part in zip(self.entries, self.states, parts, strict=True):
-            weight = entry.dense_weight
-            if weight is not None:  # DenseMultiplier.add_dual_gradient_, inlined (hot path)
-                if weight.grad is None:
-                    weight.grad = part
-                else:
-                    weight.grad.add_(part)
-            elif entry.explicit:
+            if entry.explicit:
                 entry.multiplier.add_dual_gradient_(state, part)  # type: ignore[union-attr]
 
     @cached_property
