@@ -199,17 +199,10 @@ def _solve_conopt(problem: sp.S2MPJProblem, options: dict[str, Any]) -> _Outcome
     conopt_problem, x0, lower, upper = sp.to_conopt(problem)
     result = conopt.solve(conopt_problem, x0, lower=lower, upper=upper, **options)
     x = result.x.detach().to("cpu").double().numpy().reshape(-1)
-    message = str(getattr(result, "message", ""))
-    status = getattr(result, "status", None)
-    if isinstance(status, int) and not isinstance(status, bool):
-        limit = status in (1, 5)  # outer iteration limit, evaluation limit
-        stop = CONOPT_STOP_REASONS.get(status, "")
-    else:  # a stand-in without status codes: read the message
-        lowered = message.lower()
-        success = bool(getattr(result, "success", False))
-        limit = not success and "iter" in lowered and ("limit" in lowered or "max" in lowered)
-        stop = ""
-    return _Outcome(x, int(getattr(result, "nit", -1)), message, limit, stop)
+    status = int(result.status)
+    limit = status in (1, 5)  # outer iteration limit, evaluation limit
+    stop = CONOPT_STOP_REASONS.get(status, "")
+    return _Outcome(x, int(result.nit), str(result.message), limit, stop)
 
 
 _SOLVER_FUNCTIONS: dict[str, Callable[[sp.S2MPJProblem, dict[str, Any]], _Outcome]] = {

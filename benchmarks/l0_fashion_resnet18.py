@@ -17,24 +17,15 @@ Needs the IDX files of Fashion-MNIST (Debian: ``apt install dataset-fashion-mnis
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 
-from benchmarks.l0_speed import interleaved
+from benchmarks.l0_speed import forward_pass, interleaved
 from l0_sparsity.data import build_datasets
 from l0_sparsity.presets import get_preset
 from l0_sparsity.purge import purge, purge_report
 from l0_sparsity.train import train
-
-
-def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    return run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -103,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for batch in sorted({1, len(images)}):
         x = images[:batch].contiguous()
         timing = interleaved(
-            {"gated": _forward(model, x), "purged": _forward(purged, x)}, args.rounds
+            {"gated": forward_pass(model, x), "purged": forward_pass(purged, x)}, args.rounds
         )
         print(
             f"{batch:>6}{1e3 * timing.median('gated'):>10.2f}{1e3 * timing.median('purged'):>11.2f}"

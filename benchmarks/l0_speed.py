@@ -382,6 +382,16 @@ class PurgeRow:
         return self.timing.ratio("gated", "purged")
 
 
+def forward_pass(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """A callable running ``model(x)`` under ``torch.inference_mode``, for :func:`interleaved`."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return run
+
+
 def purge_speed(
     models: Sequence[str] = ("mlp", "resnet18_cifar"),
     densities: Sequence[float] = (0.7, 0.5, 0.3),
@@ -424,16 +434,11 @@ def purge_speed(
             for batch in batches:
                 x = torch.randn(batch, channels, side, side, generator=torch.Generator())
                 n = reps if reps is not None else (max(1, 64 // batch) if name == "mlp" else 1)
-
-                def forward(m: nn.Module, x: torch.Tensor = x) -> Callable[[], None]:
-                    def run() -> None:
-                        with torch.inference_mode():
-                            m(x)
-
-                    return run
-
                 timing = interleaved(
-                    {"gated": forward(model), "purged": forward(purged)}, rounds, n, warmup
+                    {"gated": forward_pass(model, x), "purged": forward_pass(purged, x)},
+                    rounds,
+                    n,
+                    warmup,
                 )
                 row = PurgeRow(
                     name,

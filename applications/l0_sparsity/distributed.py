@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+import conopt.distributed
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -86,7 +88,7 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     Returns:
         ``tensor``, for chaining.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if conopt.distributed.world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 

@@ -22,7 +22,6 @@ raise or skip the step together.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import random
 import time
@@ -45,7 +44,7 @@ from l0_sparsity.checkpoint import (
     one_line,
     save_atomic,
 )
-from l0_sparsity.data import DATASETS, build_datasets, make_loader
+from l0_sparsity.data import DATASETS, build_datasets, dataset_options, make_loader
 from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
 from l0_sparsity.metrics import MetricsLogger
 from l0_sparsity.models import build_model
@@ -168,15 +167,9 @@ def _dataset_options(config: TrainConfig) -> dict[str, Any]:
         for k, v in (("subset", config.subset), ("test_subset", config.test_subset))
         if v is not None
     }
-    builder = DATASETS.get(config.dataset)
-    if builder is None:
+    if config.dataset not in DATASETS:
         return options  # build_datasets reports the unknown name
-    accepted = {
-        p.name
-        for p in inspect.signature(builder).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(options) - accepted)
+    unknown = sorted(set(options) - set(dataset_options(config.dataset)))
     if unknown:
         raise ValueError(f"dataset {config.dataset!r} does not accept {', '.join(unknown)}.")
     return options
@@ -476,11 +469,12 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
     if config.resume and checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path)
         written = payload["config"] if isinstance(payload["config"], Mapping) else {}
-        if _problem_signature(written) != _problem_signature(dataclasses.asdict(config)):
+        previous = _problem_signature(written)
+        current = _problem_signature(dataclasses.asdict(config))
+        if previous != current:
             raise CheckpointError(
-                f"{checkpoint_path} was written for "
-                f"{_describe(_problem_signature(written))}, not "
-                f"{_describe(_problem_signature(dataclasses.asdict(config)))}."
+                f"{checkpoint_path} was written for {_describe(previous)}, not "
+                f"{_describe(current)}."
             )
         try:
             model.load_state_dict(payload["model"])

@@ -267,8 +267,6 @@ def test_timeout_becomes_a_row():
 def test_conopt_path_with_a_stand_in_solver(monkeypatch):
     """Exercise to_conopt + the conopt runner with a SciPy-backed stand-in for conopt.solve."""
     conopt = pytest.importorskip("conopt")
-    if not hasattr(conopt, "ConstrainedProblem"):
-        pytest.skip("conopt.ConstrainedProblem not available yet")
     from types import SimpleNamespace
 
     from scipy.optimize import Bounds, NonlinearConstraint, minimize
@@ -323,7 +321,7 @@ def test_conopt_path_with_a_stand_in_solver(monkeypatch):
             success=res.success,
         )
 
-    monkeypatch.setattr(conopt, "solve", stand_in_solve, raising=False)
+    monkeypatch.setattr(conopt, "solve", stand_in_solve)
     assert cutest.conopt_available()
     for name in ("HS71", "HS21", "HS6"):
         run = cutest.run_solver(sp.load_problem(name), "conopt", timeout=60)

@@ -29,6 +29,7 @@ from l0_sparsity.data import (
     TensorBatchLoader,
     TensorImageDataset,
     build_datasets,
+    dataset_options,
     epoch_permutation,
     make_image_loader,
     make_loader,
@@ -463,3 +464,9 @@ def test_flip_probability_one_mirrors_and_zero_keeps():
 def test_crop_without_padding_at_full_size_is_identity():
     images = torch.randn(3, 2, 6, 6)
     assert torch.equal(RandomCrop(6)(images, torch.Generator().manual_seed(0)), images)
+
+
+def test_dataset_options_lists_the_builders_keyword_options():
+    assert dataset_options("fashion_mnist") == ["subset", "test_subset", "subset_seed"]
+    with pytest.raises(ValueError, match="unknown dataset 'nope'; valid names: cifar10"):
+        dataset_options("nope")

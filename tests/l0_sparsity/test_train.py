@@ -185,3 +185,20 @@ def test_make_optimizer_is_fused_and_falls_back_to_foreach(kind, monkeypatch):
     monkeypatch.setattr(torch.optim, name, NoFusedKernel)
     optimizer = trainer.make_optimizer(kind, params, 0.1)
     assert optimizer.defaults["foreach"] is True and not optimizer.defaults["fused"]
+
+
+def test_evaluate_accuracy_counts_every_sample_once():
+    from l0_sparsity.data import build_datasets, make_loader
+    from l0_sparsity.train import evaluate_accuracy
+
+    _, test, info = build_datasets("synthetic", num_train=8, num_test=30)
+    model = build_model(
+        "mlp",
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=info.image_size,
+    )
+    loader = make_loader(test, 8, train=False)
+    accuracy, total = evaluate_accuracy(model, loader, torch.device("cpu"))
+    assert total == len(test) == 30 and 0.0 <= accuracy <= 1.0
+    assert model.training  # restored after evaluating in eval mode

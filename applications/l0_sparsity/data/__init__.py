@@ -37,7 +37,7 @@ from .loaders import (
     make_loader,
     shard_indices,
 )
-from .registry import DATASETS, DEFAULT_DATASET, build_datasets
+from .registry import DATASETS, DEFAULT_DATASET, build_datasets, dataset_options
 from .sources import (
     CIFAR10_STATS,
     CIFAR100_STATS,
@@ -97,6 +97,7 @@ __all__ = [
     "build_synthetic",
     "build_tinyimagenet",
     "collate_samples",
+    "dataset_options",
     "epoch_permutation",
     "make_image_loader",
     "make_loader",

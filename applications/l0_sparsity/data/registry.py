@@ -18,7 +18,7 @@ from .sources import (
     build_synthetic,
 )
 
-__all__ = ["DATASETS", "DEFAULT_DATASET", "build_datasets"]
+__all__ = ["DATASETS", "DEFAULT_DATASET", "build_datasets", "dataset_options"]
 
 Builder = Callable[..., tuple[Any, Any, DatasetInfo]]
 
@@ -59,20 +59,40 @@ def build_datasets(
         TypeError: If an option is not accepted by that builder (the message lists them).
         DatasetNotFoundError: If the files are missing or malformed.
     """
-    try:
-        builder = DATASETS[name]
-    except KeyError:
-        valid = ", ".join(sorted(DATASETS))
-        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}") from None
-    accepted = [
-        p.name
-        for p in inspect.signature(builder).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
+    accepted = dataset_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(
             f"dataset {name!r} does not accept {', '.join(unknown)}; "
             f"its options are: {', '.join(accepted)}"
         )
-    return builder(root, **options)
+    return DATASETS[name](root, **options)
+
+
+def dataset_options(name: str) -> list[str]:
+    """The keyword options that the builder of dataset ``name`` accepts.
+
+    Args:
+        name: One of :data:`DATASETS`.
+
+    Returns:
+        The option names, in the builder's order (e.g. ``subset``, ``test_subset``, ...).
+
+    Raises:
+        ValueError: If ``name`` is unknown (the message lists the valid names).
+
+    Example:
+        >>> from l0_sparsity.data import dataset_options
+        >>> "subset" in dataset_options("mnist5k")
+        True
+    """
+    try:
+        builder = DATASETS[name]
+    except KeyError:
+        valid = ", ".join(sorted(DATASETS))
+        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}") from None
+    return [
+        p.name
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
