@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from toy_problems import sgd_gda
 
 import conopt
-from conopt.optim import SimultaneousGDA
 
 D = dict(dtype=torch.float64)
 G = torch.tensor([-1.0, 0.5], **D)
@@ -32,12 +32,7 @@ class Known(conopt.ConstrainedProblem):
 def _step(measure_stationarity=True):
     problem = Known()
     x = torch.zeros(2, **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-        measure_stationarity=measure_stationarity,
-    )
+    optimizer = sgd_gda(problem, x, measure_stationarity=measure_stationarity)
     report = optimizer.step(lambda: problem.evaluate(x))
     return problem, x, optimizer, report
 
@@ -86,11 +81,7 @@ def test_kkt_report_without_inequality_multipliers_leaves_their_fields_unmeasure
     problem = conopt.ConstrainedProblem()
     problem.h = conopt.Constraint("==")
     x = torch.ones(1, **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-    )
+    optimizer = sgd_gda(problem, x)
     report = optimizer.step(
         lambda: conopt.ProblemState(loss=x.sum(), constraints={problem.h: x.sum() - 1})
     )
@@ -168,12 +159,7 @@ def test_stationarity_is_not_measured_when_disabled():
 def test_skipped_report_says_so():
     problem = Known()
     x = torch.zeros(2, **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-        on_nonfinite="skip",
-    )
+    optimizer = sgd_gda(problem, x, on_nonfinite="skip")
     report = optimizer.step(
         lambda: conopt.ProblemState(loss=x.sum() * float("nan"), constraints={})
     )

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from toy_problems import assert_same, snapshot
+from toy_problems import assert_same, sgd_gda, snapshot
 
 import conopt
 from conopt.optim import (
@@ -185,11 +185,7 @@ def test_indexed_constraint_given_a_plain_tensor_is_named():
     problem = conopt.ConstrainedProblem()
     problem.rows = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(4))
     x = torch.zeros(3, **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-    )
+    optimizer = sgd_gda(problem, x)
     with pytest.raises(ValueError, match="constraint 'rows': its IndexedMultiplier needs a"):
         optimizer.lagrangian(conopt.ProblemState(loss=x.sum(), constraints={problem.rows: x}))
     state = conopt.ConstraintState(x)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toy_problems import sgd_gda
 
 import conopt
 
@@ -257,12 +258,7 @@ def test_nan_in_a_constraint_is_refused_naming_it_and_nothing_changes():
         optimizer.step(closure)
     assert torch.equal(x.detach(), before[0])
     assert torch.equal(problem.ineq.multiplier.weight, before[1])
-    skipping = conopt.optim.SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-        on_nonfinite="skip",
-    )
+    skipping = sgd_gda(problem, x, on_nonfinite="skip")
     assert skipping.step(closure).skipped and skipping.skipped_steps == 1
     assert torch.equal(x.detach(), before[0])
 

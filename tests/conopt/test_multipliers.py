@@ -57,22 +57,17 @@ def test_dense_equality_multiplier_may_start_negative():
     assert torch.equal(c.multiplier.weight.detach(), torch.full((2,), -1.0))
 
 
-def test_dense_inequality_multiplier_is_projected_after_a_dual_step():
-    problem = _problem(c=conopt.Constraint("<=", 2, multiplier=conopt.DenseMultiplier(init=0.05)))
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("<=", [0.0, 0.15]), ("==", [-0.05, 0.15])],  # inequality multipliers projected onto >= 0
+)
+def test_dense_multiplier_after_a_dual_step_is_projected_only_for_inequalities(kind, expected):
+    problem = _problem(c=conopt.Constraint(kind, 2, multiplier=conopt.DenseMultiplier(init=0.05)))
     x = torch.zeros(2, requires_grad=True)
     optimizer = _optimizer(problem, x, _sgd(problem))
     values = torch.tensor([-1.0, 1.0])
     optimizer.step(lambda: conopt.ProblemState(loss=x.sum(), constraints={problem.c: x + values}))
-    assert problem.c.multiplier.weight.tolist() == pytest.approx([0.0, 0.15])
-
-
-def test_dense_equality_multiplier_is_not_projected():
-    problem = _problem(c=conopt.Constraint("==", 2, multiplier=conopt.DenseMultiplier(init=0.05)))
-    x = torch.zeros(2, requires_grad=True)
-    optimizer = _optimizer(problem, x, _sgd(problem))
-    values = torch.tensor([-1.0, 1.0])
-    optimizer.step(lambda: conopt.ProblemState(loss=x.sum(), constraints={problem.c: x + values}))
-    assert problem.c.multiplier.weight.tolist() == pytest.approx([-0.05, 0.15])
+    assert problem.c.multiplier.weight.tolist() == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------------------- Indexed

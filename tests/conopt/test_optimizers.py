@@ -3,7 +3,7 @@
 import pytest
 import torch
 from torch import nn
-from toy_problems import DUAL_LR, LAM0, LR, X0, A, B, Linear, T, linear_grad
+from toy_problems import DUAL_LR, LAM0, LR, X0, A, B, Linear, T, linear_grad, sgd_gda
 
 import conopt
 from conopt.optim import AlternatingGDA, Extragradient, ExtraSGD, SimultaneousGDA
@@ -354,12 +354,7 @@ def test_restarts_use_the_values_of_the_step_even_when_the_value_is_the_paramete
     problem = conopt.ConstrainedProblem()
     problem.c = conopt.Constraint("<=", 2, multiplier=conopt.DenseMultiplier(init=1.0))
     x = torch.tensor([-1.0, 0.5], **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=1.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-        dual_restarts=True,
-    )
+    optimizer = sgd_gda(problem, x, lr=1.0, dual_restarts=True)
     # g(x) = x itself; the primal step moves x[0] to a positive value before the dual step
     report = optimizer.step(
         lambda: conopt.ProblemState(loss=-10 * x.sum(), constraints={problem.c: x})

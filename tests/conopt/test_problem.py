@@ -3,9 +3,9 @@
 import pytest
 import torch
 from torch import nn
+from toy_problems import sgd_gda
 
 import conopt
-from conopt.optim import SimultaneousGDA
 
 
 class Nested(conopt.ConstrainedProblem):
@@ -185,11 +185,7 @@ def test_state_dict_keeps_the_initial_penalty_coefficient_after_it_grew():
     rule = conopt.IncreaseOnStagnation(factor=2.0, tolerance=0.5)
     problem = Scalar(conopt.AugmentedLagrangian(rho=0.5, penalty_update=rule))
     x = torch.zeros(2, requires_grad=True)
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.0),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-    )
+    optimizer = sgd_gda(problem, x, lr=0.0)
     for _ in range(3):
         optimizer.step(lambda: problem.evaluate(x))
     state = problem.state_dict()
@@ -244,11 +240,7 @@ def test_problem_state_defaults_to_no_constraints_and_no_extras():
 def _one_step(key_by_name: bool):
     problem = Nested()
     x = torch.tensor([0.3, -0.2], requires_grad=True)
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-    )
+    optimizer = sgd_gda(problem, x)
     values = {
         "top": 1 - x.sum(),
         "blocks.a": x * 2,
@@ -273,11 +265,7 @@ def test_keys_by_name_and_by_object_give_the_same_step():
 def test_constraints_left_out_of_a_state_are_not_updated():
     problem = Nested()
     x = torch.zeros(2, requires_grad=True)
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-    )
+    optimizer = sgd_gda(problem, x)
     before = problem.blocks["a"].multiplier.weight.detach().clone()
     report = optimizer.step(
         lambda: conopt.ProblemState(loss=(x**2).sum(), constraints={problem.top: 1 - x.sum()})
@@ -290,11 +278,7 @@ def test_constraints_left_out_of_a_state_are_not_updated():
 def test_extras_are_carried_but_unused():
     problem = Scalar()
     x = torch.zeros(2, requires_grad=True)
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=0.1),
-        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-    )
+    optimizer = sgd_gda(problem, x)
     state = problem.evaluate(x)
     with_extras = conopt.ProblemState(state.loss, state.constraints, extras={"anything": object()})
     optimizer.step(lambda: with_extras)

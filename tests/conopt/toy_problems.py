@@ -246,3 +246,15 @@ def assert_same(a, b) -> None:
             assert_same(x, y)
     else:
         assert a == b, (a, b)
+
+
+def sgd_gda(
+    problem: conopt.ConstrainedProblem, x: torch.Tensor, lr: float = 0.1, **kwargs
+) -> conopt.optim.SimultaneousGDA:
+    """SGD descent on ``x`` (step ``lr``) and SGD ascent on the multipliers (step 0.1)."""
+    return conopt.optim.SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=lr),
+        torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
+        **kwargs,
+    )
