@@ -27,8 +27,10 @@ from torch.amp import GradScaler
 
 from conopt import distributed
 from conopt.diagnostics import GradientNorm, StepReport
+from conopt.multipliers import restart_dense_
 from conopt.optim.lagrangian import (
     AssembledLagrangian,
+    ConstraintGroup,
     ConstraintIndex,
     NonFiniteError,
     assemble,
@@ -243,23 +245,42 @@ class ConstrainedOptimizer:
                 if grads:
                     torch._foreach_mul_(grads, scaler.get_scale())
                 scaler.step(self.dual_optimizer)
-            self._project()
             if self.dual_restarts:
-                self._restart(assembled)
+                self._project_and_restart(assembled)
+            else:
+                self._project()
         self._update_penalties(assembled)
 
-    def _project(self) -> None:
-        if self._projection_targets:
+    def _project(self, targets: list[torch.Tensor] | None = None) -> None:
+        """Clamp the inequality multipliers (or ``targets``) at 0, in one operation."""
+        targets = self._projection_targets if targets is None else targets
+        if targets:
             with torch.no_grad():
-                torch._foreach_clamp_min_(self._projection_targets, 0.0)
+                torch._foreach_clamp_min_(targets, 0.0)
 
-    def _restart(self, assembled: AssembledLagrangian) -> None:
+    def _project_and_restart(self, assembled: AssembledLagrangian) -> None:
+        """Project every inequality multiplier, then restart those strictly feasible this step.
+
+        Groups of plain dense multipliers do both in a few vectorized operations; the others
+        are projected together, then restarted one constraint at a time.
+        """
         assert self.dual_optimizer is not None
+        restarted: list[tuple[ConstraintGroup, torch.Tensor]] = []  # (group, feasibility mask)
+        projected: set[int] = set()
         for group in assembled.groups:
             if not group.inequality or group.multipliers is None:
                 continue
             assert group.strict_values is not None
-            feasible = (group.strict_values < 0).reshape(-1).split(group.sizes)
+            weights = group.dense_weights
+            if weights is None:
+                restarted.append((group, group.strict_values < 0))
+                continue
+            restart_dense_(weights, group.strict_values < 0, self.dual_optimizer, project=True)
+            projected.update(map(id, weights))
+        if len(projected) < len(self._projection_targets):
+            self._project([t for t in self._projection_targets if id(t) not in projected])
+        for group, mask in restarted:
+            feasible = mask.reshape(-1).split(group.sizes)
             for i, (entry, mask) in enumerate(zip(group.entries, feasible, strict=True)):
                 entry.multiplier.restart_(  # type: ignore[union-attr]
                     group.state(i), mask.reshape(group.values[i].shape), self.dual_optimizer

@@ -26,8 +26,11 @@ import torch
 from conopt import distributed
 from conopt.diagnostics import GroupRecord
 from conopt.formulations import Formulation
-from conopt.multipliers import DenseMultiplier, Multiplier
+from conopt.multipliers import DenseMultiplier, Multiplier, add_dense_gradients_
 from conopt.problem import ConstrainedProblem, Constraint, ConstraintState, ProblemState
+
+_AT_LEAST_FLOAT32 = (torch.float32, torch.float64)
+"""Value dtypes that the Lagrangian keeps as they are (others are promoted to float32)."""
 
 
 class NonFiniteError(ValueError):
@@ -47,6 +50,7 @@ class _Entry:
     explicit: bool  # the multiplier's gradient is written in closed form, not by autograd
     penalized: bool  # the formulation has a penalty growth rule
     value_reduction: str | None  # how the dual value is all-reduced across ranks (or not)
+    dense_weight: torch.Tensor | None  # the weight of a plain DenseMultiplier (batched paths)
 
 
 @dataclass
@@ -70,9 +74,17 @@ class ConstraintGroup:
         # A copy owned here: the direction may alias the user's constraint values, and the
         # gradients written below are accumulated into in place by later steps.
         assert self.multipliers is not None
-        direction = self.direction.to(self.multipliers.dtype, copy=True)
+        dtype = self.multipliers.dtype
+        direction = (
+            self.direction.clone()  # cheaper than .to(copy=True) when no cast is needed
+            if self.direction.dtype == dtype
+            else self.direction.to(dtype, copy=True)
+        )
         if len(self.entries) == 1:
-            parts: Sequence[torch.Tensor] = [direction.view(self.values[0].shape)]
+            shape = self.values[0].shape
+            parts: Sequence[torch.Tensor] = [
+                direction if direction.shape == shape else direction.view(shape)
+            ]
         elif self.values[0].dim() == 0 and direction.numel() == len(self.entries):
             parts = direction.unbind()  # all scalars: one call, no per-constraint reshape
         else:
@@ -80,6 +92,10 @@ class ConstraintGroup:
                 part.view(value.shape)
                 for part, value in zip(direction.split(self.sizes), self.values, strict=True)
             ]
+        weights = self.dense_weights
+        if weights is not None:  # plain dense multipliers: no per-constraint method call
+            add_dense_gradients_(weights, parts)
+            return
         for entry, state, part in zip(self.entries, self.states, parts, strict=True):
             if entry.explicit:
                 entry.multiplier.add_dual_gradient_(state, part)  # type: ignore[union-attr]
@@ -94,6 +110,18 @@ class ConstraintGroup:
         """Whether every multiplier of the group gets its dual gradient in closed form."""
         return all(e.explicit for e in self.entries)
 
+    @cached_property
+    def dense_weights(self) -> list[torch.Tensor] | None:
+        r"""The weights of the multipliers if all are plain :class:`DenseMultiplier`\ s, else None.
+
+        Such a group is read, written and restarted in a few vectorized operations, with no
+        per-constraint method calls (see :func:`~conopt.multipliers.restart_dense_`).
+        """
+        weights = [e.dense_weight for e in self.entries]
+        if any(w is None for w in weights) or len(set(map(id, weights))) < len(weights):
+            return None  # not all dense, or one constraint given twice (by object and name)
+        return weights  # type: ignore[return-value]
+
     @property
     def constraints(self) -> list[Constraint]:
         """The group's constraints, in the order of the state."""
@@ -103,6 +131,11 @@ class ConstraintGroup:
     def sizes(self) -> list[int]:
         """Number of entries of each constraint's value."""
         return [v.numel() for v in self.values]
+
+    @cached_property
+    def shapes(self) -> list[torch.Size]:
+        """Each constraint's value's shape."""
+        return [v.shape for v in self.values]
 
     def state(self, i: int) -> ConstraintState:
         """The :class:`ConstraintState` of the ``i``-th constraint (built for plain tensors)."""
@@ -152,6 +185,7 @@ class ConstraintIndex:
                     if multiplier is None or multiplier.gradient_reduction is None
                     else None
                 ),
+                dense_weight=(multiplier.weight if type(multiplier) is DenseMultiplier else None),
             )
             self.entries[constraint] = self.entries[name] = entry
 
@@ -201,14 +235,17 @@ def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
     return raw
 
 
-_Plan = list[tuple[tuple[type[Formulation], bool], list[_Entry], list[int], list[torch.Size]]]
+_LAYOUT = ("names", "shapes", "sizes", "all_explicit", "dense_weights")
+"""Cached properties of a :class:`ConstraintGroup` that depend on its layout only."""
+
+_Plan = list[tuple[tuple[type[Formulation], bool], list[_Entry], list[int], list[torch.Size], dict]]
 
 
 def _grouped_by_plan(state: ProblemState, plan: _Plan) -> list[ConstraintGroup] | None:
     """Group plain-tensor values laid out as in an earlier step; None if the layout changed."""
     raws = list(state.constraints.values())
     groups = []
-    for group_key, entries, positions, shapes in plan:
+    for group_key, entries, positions, shapes, layout in plan:
         values = [raws[i] for i in positions]
         try:
             if [v.shape for v in values] != shapes:
@@ -217,9 +254,11 @@ def _grouped_by_plan(state: ProblemState, plan: _Plan) -> list[ConstraintGroup] 
             return None
         if not all(isinstance(v, torch.Tensor) for v in values):
             return None
-        groups.append(
-            ConstraintGroup(*group_key, entries=entries, values=values, states=[None] * len(values))
+        group = ConstraintGroup(
+            *group_key, entries=entries, values=values, states=[None] * len(values)
         )
+        group.__dict__.update(layout)  # the layout's cached properties, computed once
+        groups.append(group)
     return groups
 
 
@@ -281,7 +320,13 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
         if len(index.plans) >= 16:  # layouts that keep changing: keep the cache small
             index.plans.clear()
         index.plans[keys] = [
-            (key, group.entries, positions[key], [v.shape for v in group.values])
+            (
+                key,
+                group.entries,
+                positions[key],
+                group.shapes,
+                {name: getattr(group, name) for name in _LAYOUT},
+            )
             for key, group in groups.items()
         ]
     return list(groups.values())
@@ -304,9 +349,9 @@ def _raise_nonfinite(state: ProblemState, groups: list[ConstraintGroup]) -> None
 
 
 def _coefficients(group: ConstraintGroup, device: torch.device) -> torch.Tensor | None:
-    rhos = [e.formulation.coefficient() for e in group.entries]
-    if rhos[0] is None:
+    if group.entries[0].formulation.coefficient() is None:  # a formulation class without rho
         return None
+    rhos = [e.formulation.coefficient() for e in group.entries]
     return _flat(
         [r.to(device).expand(v.shape) for r, v in zip(rhos, group.values, strict=True)]  # type: ignore[union-attr]
     )
@@ -340,8 +385,13 @@ def _multipliers(group: ConstraintGroup) -> torch.Tensor:
     """The group's multipliers; only those without a closed-form gradient carry autograd."""
     entries, states = group.entries, group.states
     if group.all_explicit:
+        weights = group.dense_weights  # DenseMultiplier.value() is the weight
         with torch.no_grad():
-            flat = _flat([e.multiplier.value(s) for e, s in zip(entries, states, strict=True)])  # type: ignore[union-attr]
+            flat = _flat(
+                [e.multiplier.value(s) for e, s in zip(entries, states, strict=True)]  # type: ignore[union-attr]
+                if weights is None
+                else weights
+            )
             # A lone multiplier comes back as its weight itself: copy it, so that autograd adds
             # no second dual gradient to the closed-form one and the step keeps the values from
             # before its dual update.
@@ -372,9 +422,11 @@ def assemble(
     objective = state.loss
     unchecked: list[torch.Tensor] = []  # values that do not reach the objective's value
     records: list[GroupRecord] = []
+    ranks = distributed.world_size()
     for group in groups:
         values = _flat(group.values)
-        values = values.to(torch.promote_types(values.dtype, torch.float32))
+        if values.dtype not in _AT_LEAST_FLOAT32:
+            values = values.to(torch.promote_types(values.dtype, torch.float32))
         # A lone value may be (a view of) a parameter that the primal step changes in place
         # before restarts, penalty updates and the report read it: keep copies of this step's.
         lone = len(group.values) == 1
@@ -384,7 +436,7 @@ def assemble(
             strict = _flat([group.strict(i) for i in range(len(group.values))]).detach()
             strict = strict.to(values.dtype, copy=lone)
         group.strict_values = detached if strict is None else strict
-        if distributed.world_size() > 1:
+        if ranks > 1:
             reductions = [e.value_reduction for e in group.entries]
             if any(reductions):
                 # Global values drive the dual update; the local ones stay in the primal term.
@@ -394,33 +446,33 @@ def assemble(
         multipliers = None
         if group.formulation.uses_multiplier:
             multipliers = _multipliers(group)
-            group.multipliers = multipliers.detach()
+            group.multipliers = multipliers.detach() if multipliers.requires_grad else multipliers
         else:
             unchecked += [values.detach().sum(), group.strict_values.sum()]
         rho = _coefficients(group, values.device)
         term = group.formulation.lagrangian_term(multipliers, values, strict, rho, group.inequality)
-        if distributed.world_size() > 1:
+        if ranks > 1:
             term = _scale_summed_terms(term, group)
-        objective = objective + term.sum()
-        if any(e.explicit for e in group.entries):
+        objective = objective + (term if term.dim() == 0 else term.sum())
+        if group.all_explicit or any(e.explicit for e in group.entries):
             group.direction = group.formulation.dual_direction(group.strict_values, rho)
         records.append(
             GroupRecord(
                 inequality=group.inequality,
                 names=group.names,
-                shapes=[v.shape for v in group.values],
+                shapes=group.shapes,
                 values=detached,
                 strict_values=group.strict_values,
                 multipliers=group.multipliers,
             )
         )
     if check_finite:
-        checked = objective.detach()
+        checked = objective
         if unchecked:
-            checked = checked + torch.stack(unchecked).sum()
-        finite = math.isfinite(float(checked))
+            checked = checked.detach() + torch.stack(unchecked).sum()
+        finite = math.isfinite(checked.item())  # the step's one host synchronization
         everywhere = finite
-        if distributed.world_size() > 1:  # all ranks refuse together
+        if ranks > 1:  # all ranks refuse together
             everywhere = distributed.all_agree(finite, checked.device)
         if not finite:
             _raise_nonfinite(state, groups)

@@ -363,6 +363,50 @@ def test_restarts_use_the_values_of_the_step_even_when_the_value_is_the_paramete
     assert report.constraints["c"].strict_value.tolist() == [-1.0, 0.5]
 
 
+class _DenseSubclass(conopt.DenseMultiplier):
+    """Behaves as a DenseMultiplier, but is read, written and restarted one at a time."""
+
+
+def _many_constraints_run(multiplier_cls, shapes, dual_cls, **dual_kwargs):
+    problem = conopt.ConstrainedProblem()
+    problem.each = nn.ModuleList(
+        conopt.Constraint("<=", shape, multiplier=multiplier_cls(init=0.5)) for shape in shapes
+    )
+    x = torch.zeros(3, **D).requires_grad_()
+    dual = dual_cls(problem.dual_parameters(), lr=0.1, maximize=True, **dual_kwargs)
+    optimizer = SimultaneousGDA(problem, torch.optim.SGD([x], lr=LR), dual, dual_restarts=True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        values = [torch.randn(shape, generator=generator, **D) for shape in shapes]
+        optimizer.step(
+            lambda values=values: conopt.ProblemState(
+                loss=(x**2).sum(),
+                constraints={c: v + 0 * x.sum() for c, v in zip(problem.each, values, strict=True)},
+            )
+        )
+    weights = [c.multiplier.weight for c in problem.each]
+    states = [{k: v.clone() for k, v in dual.state[w].items()} for w in weights]
+    return [w.detach().clone() for w in weights], states
+
+
+@pytest.mark.parametrize("shapes", [[(), (), ()], [(), (2,), (2, 2)]], ids=["scalars", "mixed"])
+@pytest.mark.parametrize(
+    ("dual_cls", "kwargs"),
+    [(torch.optim.SGD, {}), (torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adam, {})],
+)
+def test_many_dense_multipliers_step_and_restart_as_each_one_alone(shapes, dual_cls, kwargs):
+    """The batched path of a group of DenseMultipliers equals their one-at-a-time methods."""
+    weights, states = _many_constraints_run(conopt.DenseMultiplier, shapes, dual_cls, **kwargs)
+    reference, reference_states = _many_constraints_run(_DenseSubclass, shapes, dual_cls, **kwargs)
+    assert any(bool((w == 0).any()) for w in weights)  # restarts happened
+    for weight, expected in zip(weights, reference, strict=True):
+        assert torch.equal(weight, expected)
+    for state, expected in zip(states, reference_states, strict=True):
+        assert state.keys() == expected.keys()
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(expected[key])), key
+
+
 # ----------------------------------------------------------------------------- proxies
 class Proxy(conopt.ConstrainedProblem):
     """g's proxy is 2x − 1 (differentiable); its strict value is a step function of x."""
