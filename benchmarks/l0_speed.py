@@ -6,13 +6,13 @@ Three sections, each printing one table with the goal next to every ratio:
   step) of the gated model against the same architecture built dense
   (``build_model(name, gated=False)``), for ``mlp`` (batch 128, 1×28×28), ``lenet5`` (batch 128,
   1×28×28) and ``resnet18_cifar`` (batch 32, 3×32×32). Two gated contenders: ``gated`` (the gated
-  layers only: cross-entropy, weights' and gates' optimizers) and ``constrained`` (the trainer's
-  full step: :class:`~l0_sparsity.problem.SparsityProblem` with its density constraint and
-  expected-L2 term, :class:`conopt.optim.SimultaneousGDA` with dual restarts, through the open
-  ``lagrangian`` / ``apply`` path). Every variant uses the trainer's optimizers
-  (:func:`l0_sparsity.train.make_optimizer`, fused SGD or Adam); learning rates, target
-  and weight decay follow the model's preset. Goal: ratio ≤ 1.3. The ``faults`` columns count
-  minor page faults per step (see :func:`pin_glibc_heap`).
+  layers only: cross-entropy, the trainer's optimizer with weights' and gates' parameter groups)
+  and ``constrained`` (the trainer's full step: :class:`~l0_sparsity.problem.SparsityProblem`
+  with its density constraint and expected-L2 term, :class:`conopt.optim.SimultaneousGDA` with
+  dual restarts, through the open ``lagrangian`` / ``apply`` path). Every variant uses the
+  trainer's optimizers (:func:`l0_sparsity.train.make_optimizer`, fused SGD or Adam); learning
+  rates, target and weight decay follow the model's preset. Goal: ratio ≤ 1.3. The ``faults``
+  columns count minor page faults per step (see :func:`pin_glibc_heap`).
 * ``--purge`` (b): eval-mode inference latency of :func:`l0_sparsity.purge.purge`'s output
   against the gated model at test densities 0.7 / 0.5 / 0.3 (``log α`` set so that that
   fraction of the groups of every gated layer is active), for ``mlp`` and ``resnet18_cifar`` on
@@ -210,8 +210,9 @@ def make_train_step(
     Args:
         name: A model of :data:`TRAIN_SPECS`.
         variant: ``"dense"`` (``gated=False``, cross-entropy), ``"gated"`` (gated model,
-            cross-entropy, weights' and gates' optimizers) or ``"constrained"`` (the trainer's
-            step: :class:`SparsityProblem` + :class:`conopt.optim.SimultaneousGDA`).
+            cross-entropy, one optimizer with weights' and gates' groups) or
+            ``"constrained"`` (the trainer's step: :class:`SparsityProblem` +
+            :class:`conopt.optim.SimultaneousGDA`).
         batch: Batch size (default: the model's in :data:`TRAIN_SPECS`).
         device: Where to run.
         amp: Autocast dtype, or ``None`` for float32.
@@ -245,11 +246,12 @@ def make_train_step(
     if variant != "constrained":
         if variant == "dense":
             opts = [make_optimizer(config.optimizer, list(model.parameters()), config.lr)]
-        else:
-            opts = [
-                make_optimizer(config.optimizer, weight_parameters(model), config.lr),
-                make_optimizer(config.optimizer, gate_parameters(model), config.gates_lr),
+        else:  # as make_constrained_optimizer builds it: one optimizer, two groups
+            groups = [
+                {"params": weight_parameters(model), "lr": config.lr},
+                {"params": gate_parameters(model), "lr": config.gates_lr},
             ]
+            opts = [make_optimizer(config.optimizer, groups, config.lr)]
 
         def step() -> None:
             x, y = data()

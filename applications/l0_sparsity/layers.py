@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l0_sparsity.gate_set import GateSet, sample_jointly
 from l0_sparsity.gates import HardConcrete, init_log_alpha_
 
 __all__ = [
@@ -123,8 +124,29 @@ class GatedLayer(nn.Module, abc.ABC):
         return self.distribution.sample(self.log_alpha, generator)
 
     def gates(self) -> Tensor:
-        """Gates for the current forward pass: a fresh sample in training, the median in eval."""
-        return self.sample_gates() if self.training else self.test_gates()
+        """Gates for the current forward pass.
+
+        In training: the gates offered for this pass (:meth:`offer_gates`, which joint sampling
+        uses), consumed by this call, or else a fresh sample. In eval: the median gates.
+        """
+        if not self.training:
+            return self.test_gates()
+        offered = self.__dict__.pop("_offered_gates", None)
+        return offered if offered is not None else self.sample_gates()
+
+    def offer_gates(self, gates: Tensor | None) -> None:
+        """Give the next training-mode :meth:`gates` call these gates instead of a fresh sample.
+
+        :func:`~l0_sparsity.gate_set.sample_jointly` offers each layer its slice of one joint
+        sample before a forward pass, and withdraws what the pass did not use.
+
+        Args:
+            gates: Gates shaped like ``log_alpha`` (one use), or ``None`` to withdraw an offer.
+        """
+        if gates is None:
+            self.__dict__.pop("_offered_gates", None)
+        else:
+            self.__dict__["_offered_gates"] = gates
 
     def prob_active(self) -> Tensor:
         """``P(z ≠ 0)`` per gate, differentiable w.r.t. ``log α``."""
@@ -697,10 +719,9 @@ def expected_density(model: nn.Module) -> Tensor:
     Returns:
         A scalar tensor in ``[0, 1]``, differentiable w.r.t. the gate parameters.
     """
-    layers = _require_gated(model)
-    total = sum(layer.num_gated_params for _, layer in layers)
-    active = torch.stack([layer.expected_active_params() for _, layer in layers]).sum()
-    return active / total
+    layers = [layer for _, layer in _require_gated(model)]
+    total = sum(layer.num_gated_params for layer in layers)
+    return GateSet(layers).expected_active_params().sum() / total
 
 
 def layer_densities(model: nn.Module) -> dict[str, Tensor]:
@@ -712,9 +733,11 @@ def layer_densities(model: nn.Module) -> dict[str, Tensor]:
     Returns:
         One differentiable scalar per gated layer.
     """
+    named = _require_gated(model)
+    active = GateSet([layer for _, layer in named]).expected_active_params()
     return {
-        name: layer.expected_active_params() / layer.num_gated_params
-        for name, layer in _require_gated(model)
+        name: count / layer.num_gated_params
+        for (name, layer), count in zip(named, active.unbind(), strict=True)
     }
 
 
@@ -826,12 +849,15 @@ def sparsify(
     skip: SkipSpec = None,
     *,
     distribution: HardConcrete | None = None,
+    joint_sampling: bool = True,
 ) -> nn.Module:
     """Replace the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model`` by gated copies, in place.
 
     Weights are copied. A structured conv whose only consumer is a ``BatchNorm2d`` (found with
     torch.fx, or by ``nn.Sequential`` adjacency when the model does not trace) has that norm
     replaced by a :class:`GatedBatchNorm2d` applying its gates, so dead channels are exactly 0.
+    With ``joint_sampling``, each training-mode forward pass of ``model`` then draws the gates
+    of all its gated layers in one sample (:func:`~l0_sparsity.gate_set.sample_jointly`).
 
     Args:
         model: Any module; modified in place.
@@ -840,6 +866,9 @@ def sparsify(
         skip: Layers to keep dense: a glob pattern or patterns matched against qualified names
             (e.g. ``"conv1"``, ``"*.downsample.*"``), or a predicate ``(name, module) -> bool``.
         distribution: Hard-concrete parameters for all new gates.
+        joint_sampling: Install :func:`~l0_sparsity.gate_set.sample_jointly` on ``model``
+            (fewer, larger kernels per step; leave it off for models that run gated layers
+            under activation checkpointing).
 
     Returns:
         ``model`` itself.
@@ -872,6 +901,8 @@ def sparsify(
             bn = modules[pairs[name]]
             if isinstance(bn, nn.BatchNorm2d):
                 _set_submodule(model, pairs[name], GatedBatchNorm2d.from_batchnorm(bn, conv))
+    if joint_sampling and gated_layers(model):
+        sample_jointly(model)
     return model
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import conopt
+from l0_sparsity.gate_set import GateSet
 from l0_sparsity.layers import expected_l2, gated_layers
 
 
@@ -85,12 +86,13 @@ class SparsityProblem(conopt.ConstrainedProblem):
         if not layers:
             raise ValueError("the model has no gated layers; build it gated or use sparsify().")
         self.layer_names = [name for name, _ in layers]
-        self._layers = [layer for _, layer in layers]
+        self._gates = GateSet([layer for _, layer in layers])
         self.register_buffer(
             "_sizes",
-            torch.tensor([float(layer.num_gated_params) for layer in self._layers]),
+            torch.tensor([float(layer.num_gated_params) for _, layer in layers]),
             persistent=False,
         )
+        self._total = float(self._sizes.sum())
         # The model is not a sub-module: its parameters belong to the primal optimizer, and the
         # problem's state_dict holds only multipliers.
         self._model = [model]
@@ -144,8 +146,8 @@ class SparsityProblem(conopt.ConstrainedProblem):
 
     def densities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The expected model-wise density and the vector of layer-wise densities."""
-        active = torch.stack([layer.expected_active_params() for layer in self._layers])
-        return active.sum() / self._sizes.sum(), active / self._sizes
+        active = self._gates.expected_active_params()
+        return active.sum() / self._total, active / self._sizes
 
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> conopt.ProblemState:
         """Loss and density constraint on one batch.

@@ -21,6 +21,7 @@ raise or skip the step together.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import random
@@ -218,7 +219,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    kind: str, params: list[nn.Parameter] | list[dict[str, Any]], lr: float
+) -> torch.optim.Optimizer:
     """The trainer's primal optimizer: SGD with momentum 0.9 or Adam, ``fused=True``.
 
     The fused implementations update each parameter in one kernel, on CPU as on CUDA; on the
@@ -228,8 +231,8 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.op
 
     Args:
         kind: ``"sgd"`` or ``"adam"`` (:attr:`TrainConfig.optimizer`).
-        params: The parameters.
-        lr: The learning rate.
+        params: The parameters, or parameter groups (dicts with ``"params"`` and options).
+        lr: The learning rate (of the groups that set none).
 
     Returns:
         The optimizer.
@@ -250,11 +253,12 @@ def make_constrained_optimizer(
 ) -> conopt.optim.SimultaneousGDA:
     """The trainer's constrained optimizer for ``problem``.
 
-    Weights and gates get their own :func:`make_optimizer` (learning rates ``config.lr`` and
-    ``config.gates_lr``, so that a schedule can decay the weights' alone; they are
-    ``primal_optimizers[0]`` and ``[1]``), the multipliers plain SGD ascent with
-    ``config.dual_lr`` (none in the penalized mode), with ``config.dual_restarts`` and
-    ``config.on_nonfinite``.
+    One :func:`make_optimizer` drives weights and gates, as two parameter groups: group 0 the
+    weights (learning rate ``config.lr``, the one a schedule decays, see
+    :func:`make_scheduler`), group 1 the gates (``config.gates_lr``, never decayed). One
+    optimizer rather than two saves a step call per iteration, which shows on small models.
+    The multipliers get plain SGD ascent with ``config.dual_lr`` (none in the penalized mode),
+    with ``config.dual_restarts`` and ``config.on_nonfinite``.
 
     Args:
         config: The run's settings.
@@ -272,22 +276,66 @@ def make_constrained_optimizer(
         >>> model = build_model("mlp")
         >>> problem = SparsityProblem(model, target=0.35)
         >>> optimizer = make_constrained_optimizer(get_preset("mnist_mlp"), model, problem)
-        >>> [type(o).__name__ for o in optimizer.primal_optimizers]
-        ['Adam', 'Adam']
+        >>> [group["lr"] for group in optimizer.primal_optimizers[0].param_groups]
+        [0.0007, 0.005]
     """
-    weights_opt = make_optimizer(config.optimizer, weight_parameters(model), config.lr)
-    gates_opt = make_optimizer(config.optimizer, gate_parameters(model), config.gates_lr)
+    primal = make_optimizer(
+        config.optimizer,
+        [
+            {"params": weight_parameters(model), "lr": config.lr},
+            {"params": gate_parameters(model), "lr": config.gates_lr},
+        ],
+        config.lr,
+    )
     dual_params = list(problem.dual_parameters())
     dual_opt = (
         torch.optim.SGD(dual_params, lr=config.dual_lr, maximize=True) if dual_params else None
     )
     return conopt.optim.SimultaneousGDA(
         problem,
-        [weights_opt, gates_opt],
+        primal,
         dual_opt,
         dual_restarts=config.dual_restarts,
         on_nonfinite=config.on_nonfinite,  # type: ignore[arg-type]
     )
+
+
+def make_scheduler(
+    config: TrainConfig, primal: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch schedule of :func:`make_constrained_optimizer`'s primal optimizer.
+
+    The weights' learning rate (group 0) is multiplied by ``config.lr_gamma`` at each epoch of
+    ``config.lr_milestones``; the gates' (group 1) stays constant.
+
+    Args:
+        config: The run's settings.
+        primal: The primal optimizer, with the weights' and the gates' parameter groups.
+
+    Returns:
+        A scheduler to step once per epoch.
+
+    Example:
+        >>> import dataclasses
+        >>> from l0_sparsity.models import build_model
+        >>> from l0_sparsity.presets import get_preset
+        >>> from l0_sparsity.problem import SparsityProblem
+        >>> from l0_sparsity.train import make_constrained_optimizer, make_scheduler
+        >>> config = dataclasses.replace(get_preset("mnist_mlp"), lr_milestones=(1,))
+        >>> model = build_model("mlp")
+        >>> problem = SparsityProblem(model, target=0.3)
+        >>> optimizer = make_constrained_optimizer(config, model, problem)
+        >>> scheduler = make_scheduler(config, optimizer.primal_optimizers[0])
+        >>> scheduler.step()
+        >>> [round(lr, 6) for lr in scheduler.get_last_lr()]
+        [0.00014, 0.005]
+    """
+    milestones = sorted(config.lr_milestones)
+
+    def weights_factor(epoch: int) -> float:
+        return config.lr_gamma ** bisect.bisect_right(milestones, epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(primal, [weights_factor, lambda _epoch: 1.0])
 
 
 def _problem(config: TrainConfig, model: nn.Module) -> SparsityProblem:
@@ -459,10 +507,8 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
         forward_model = torch.compile(forward_model)  # type: ignore[assignment]
     problem = _problem(config, forward_model).to(device)
     optimizer = make_constrained_optimizer(config, model, problem)
-    weights_opt, gates_opt = optimizer.primal_optimizers
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        weights_opt, milestones=list(config.lr_milestones), gamma=config.lr_gamma
-    )
+    (primal,) = optimizer.primal_optimizers
+    scheduler = make_scheduler(config, primal)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     start_epoch = 0
@@ -568,8 +614,8 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
             "expected_density": float(density),
             "purged_density": test_density(model),
             "target": float(problem.targets) if problem.targets.dim() == 0 else math.nan,
-            "lr": weights_opt.param_groups[0]["lr"],
-            "gates_lr": gates_opt.param_groups[0]["lr"],
+            "lr": primal.param_groups[0]["lr"],
+            "gates_lr": primal.param_groups[1]["lr"],
             "skipped_steps": skipped,
             "epoch_seconds": time.perf_counter() - started,
         }
