@@ -326,6 +326,7 @@ def make_scheduler(
         >>> problem = SparsityProblem(model, target=0.3)
         >>> optimizer = make_constrained_optimizer(config, model, problem)
         >>> scheduler = make_scheduler(config, optimizer.primal_optimizers[0])
+        >>> optimizer.primal_optimizers[0].step()  # an epoch of training steps, then:
         >>> scheduler.step()
         >>> [round(lr, 6) for lr in scheduler.get_last_lr()]
         [0.00014, 0.005]

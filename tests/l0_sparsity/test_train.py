@@ -9,10 +9,11 @@ import torch
 
 from l0_sparsity.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from l0_sparsity.cli import main
+from l0_sparsity.layers import gate_parameters, weight_parameters
 from l0_sparsity.models import build_model
 from l0_sparsity.presets import PRESETS, get_preset
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.train import train
+from l0_sparsity.train import make_constrained_optimizer, make_scheduler, train
 
 SMOKE = get_preset("synthetic_smoke").replace(threads=1, num_workers=0)
 
@@ -202,3 +203,22 @@ def test_evaluate_accuracy_counts_every_sample_once():
     accuracy, total = evaluate_accuracy(model, loader, torch.device("cpu"))
     assert total == len(test) == 30 and 0.0 <= accuracy <= 1.0
     assert model.training  # restored after evaluating in eval mode
+
+
+def test_one_primal_optimizer_whose_schedule_decays_the_weights_only():
+    config = get_preset("mnist_mlp").replace(
+        lr=0.1, gates_lr=0.5, lr_milestones=(3, 1), lr_gamma=0.1
+    )
+    model = build_model("mlp")
+    optimizer = make_constrained_optimizer(config, model, SparsityProblem(model, target=0.3))
+    (primal,) = optimizer.primal_optimizers
+    weights, gates = primal.param_groups
+    assert [id(p) for p in weights["params"]] == [id(p) for p in weight_parameters(model)]
+    assert [id(p) for p in gates["params"]] == [id(p) for p in gate_parameters(model)]
+    scheduler = make_scheduler(config, primal)
+    rates = []
+    for _ in range(4):
+        primal.step()  # no gradients: changes nothing, but keeps the scheduler's order check
+        scheduler.step()
+        rates.append([round(group["lr"], 10) for group in primal.param_groups])
+    assert rates == [[0.01, 0.5], [0.01, 0.5], [0.001, 0.5], [0.001, 0.5]]
