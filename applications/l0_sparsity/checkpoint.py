@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2: one primal optimizer (weights and gates as two parameter groups), a per-group
+``LambdaLR`` schedule, plain-Python RNG states (the file loads with ``weights_only=True``)."""
 REQUIRED_KEYS = ("format_version", "config", "epoch", "model", "problem", "optimizer")
 
 
@@ -67,18 +69,32 @@ def save_atomic(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a training checkpoint.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors, containers and plain Python
+    values only, so that loading a checkpoint cannot run code hidden in it.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The checkpoint's payload (``config``, ``epoch``, state dicts, RNG states).
+
     Raises:
-        CheckpointError: The file is missing, unreadable, or not a checkpoint of this trainer.
+        CheckpointError: The file is missing, unreadable, not a checkpoint of this trainer, or
+            of another format version.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # any unpickling failure means a corrupted file
-        raise CheckpointError(
-            f"checkpoint {path} is corrupted or unreadable: {one_line(str(error))}"
-        ) from None
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure: a corrupted or a foreign file
+        message = one_line(str(error))
+        if "weights only load failed" in message.lower():  # objects beyond plain values
+            raise CheckpointError(
+                f"checkpoint {path} holds objects that a safe load refuses; it was not written "
+                f"by this version of the trainer (format {FORMAT_VERSION}): {message}"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable: {message}") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not an l0_sparsity training checkpoint.")
     if payload["format_version"] != FORMAT_VERSION:

@@ -201,9 +201,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    # NumPy's state as plain Python values, so that the checkpoint loads with weights_only=True.
+    name, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, keys.tolist(), position, has_gauss, cached_gauss),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -213,7 +215,9 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached_gauss = state["numpy"]
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, position, has_gauss, cached_gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -173,7 +173,7 @@ def test_only_rank_0_logs_and_reports(ddp_run):
         rows = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in rows] == list(range(EPOCHS))  # no row twice
     assert [int(row["skipped_steps"]) for row in rows] == [1, 0]  # rank 1's NaN, skipped by all
-    assert torch.load(ddp_run["output_dir"] / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(ddp_run["output_dir"] / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

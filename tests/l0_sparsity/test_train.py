@@ -4,10 +4,16 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
-from l0_sparsity.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from l0_sparsity.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    save_atomic,
+)
 from l0_sparsity.cli import main
 from l0_sparsity.layers import gate_parameters, weight_parameters
 from l0_sparsity.models import build_model
@@ -109,6 +115,14 @@ def test_cli_refuses_a_corrupted_checkpoint_and_leaves_it_untouched(tmp_path, ca
     assert checkpoint.read_bytes() == b"not a checkpoint"
 
 
+def test_checkpoints_load_safely_and_files_with_other_objects_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    # Any object beyond tensors and plain values, e.g. a format-1 file's NumPy RNG state.
+    save_atomic({"format_version": FORMAT_VERSION, "config": np.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="safe load refuses"):
+        load_checkpoint(path)
+
+
 def test_resuming_another_models_checkpoint_is_refused(tmp_path):
     train(SMOKE.replace(epochs=1, output_dir=str(tmp_path)))
     with pytest.raises(CheckpointError, match="written for model"):
@@ -118,7 +132,7 @@ def test_resuming_another_models_checkpoint_is_refused(tmp_path):
 def test_checkpoint_survives_sigkill_while_writing(tmp_path):
     path = tmp_path / "checkpoint.pt"
     payload = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "config": {},
         "epoch": 0,
         "model": {},
@@ -128,11 +142,11 @@ def test_checkpoint_survives_sigkill_while_writing(tmp_path):
     save_atomic(payload, path)
     writer = textwrap.dedent(f"""
         import torch
-        from l0_sparsity.checkpoint import save_atomic
+        from l0_sparsity.checkpoint import FORMAT_VERSION, save_atomic
         big = torch.zeros(20_000_000)
         epoch = 1
         while True:
-            payload = {{"format_version": 1, "config": {{}}, "epoch": epoch,
+            payload = {{"format_version": FORMAT_VERSION, "config": {{}}, "epoch": epoch,
                        "model": {{"w": big}}, "problem": {{}}, "optimizer": {{}}}}
             save_atomic(payload, {str(path)!r})
             epoch += 1
