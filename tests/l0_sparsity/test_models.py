@@ -14,7 +14,13 @@ from l0_sparsity.layers import (
     gate_parameters,
     gated_layers,
 )
-from l0_sparsity.models import MODELS, build_model
+from l0_sparsity.models import (
+    MODELS,
+    block_conv_names,
+    build_model,
+    gate_blocks,
+    resnet18_cifar,
+)
 
 
 @functools.cache
@@ -137,3 +143,12 @@ def test_gated_resnet_training_step_reaches_gates_and_weights():
     loss.backward()
     assert all(p.grad is not None for p in gate_parameters(model))
     assert model.conv1.weight.grad is not None
+
+
+def test_gate_blocks_gates_exactly_the_block_convolutions():
+    dense = resnet18_cifar(gated=False)
+    assert gate_blocks(dense, gated=False) is dense and not gated_layers(dense)
+    model = gate_blocks(dense, droprate_init=0.2)
+    assert {name for name, _ in gated_layers(model)} == block_conv_names(model)
+    assert all(layer.droprate_init == 0.2 for _, layer in gated_layers(model))
+    assert model.joint_sampling.gates.layers == [layer for _, layer in gated_layers(model)]

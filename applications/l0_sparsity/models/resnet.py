@@ -21,6 +21,7 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "block_conv_names",
+    "gate_blocks",
     "resnet18",
     "resnet18_cifar",
     "resnet50",
@@ -173,8 +174,32 @@ def block_conv_names(model: nn.Module) -> set[str]:
 _Model = TypeVar("_Model", bound=nn.Module)
 
 
-def _gate_blocks(model: _Model, *, gated: bool, droprate_init: float, structured: bool) -> _Model:
-    """Gate ``model``'s block convolutions (:func:`block_conv_names`) in place if ``gated``."""
+def gate_blocks(
+    model: _Model, *, gated: bool = True, droprate_init: float = 0.3, structured: bool = True
+) -> _Model:
+    """Gate the convolutions inside ``model``'s residual blocks, in place.
+
+    Only :func:`block_conv_names` are gated (with :func:`~l0_sparsity.layers.sparsify`): never
+    the stem, the shortcuts or the classifier. The builders of this module and of
+    :mod:`l0_sparsity.models.wrn` use it; it also gates a residual network of your own whose
+    blocks list their ``inner_convs``.
+
+    Args:
+        model: A residual network (dense).
+        gated: ``False`` returns ``model`` unchanged (the builders' dense baselines).
+        droprate_init: Initial drop rate of the gates.
+        structured: One gate per output filter, or one per weight.
+
+    Returns:
+        ``model`` itself.
+
+    Example:
+        >>> from l0_sparsity.layers import gated_layers
+        >>> from l0_sparsity.models import block_conv_names, gate_blocks, resnet18_cifar
+        >>> model = gate_blocks(resnet18_cifar(gated=False))
+        >>> {name for name, _ in gated_layers(model)} == block_conv_names(model)
+        True
+    """
     if gated:
         targets = block_conv_names(model)
         sparsify(
@@ -207,7 +232,7 @@ def resnet18_cifar(
         The model.
     """
     model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, stem="cifar")
-    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
+    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
 
 
 def resnet18(
@@ -231,7 +256,7 @@ def resnet18(
         The model.
     """
     model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, stem="imagenet")
-    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
+    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
 
 
 def resnet50(
@@ -255,4 +280,4 @@ def resnet50(
         The model.
     """
     model = ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, stem="imagenet")
-    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
+    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.models.resnet import _gate_blocks
+from l0_sparsity.models.resnet import gate_blocks
 
 __all__ = ["WideBasicBlock", "WideResNet", "wrn28_10"]
 
@@ -127,4 +127,4 @@ def wrn28_10(
         The model.
     """
     model = WideResNet(depth, widen_factor, num_classes, in_channels, dropout)
-    return _gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
+    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
