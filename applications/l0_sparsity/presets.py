@@ -57,6 +57,10 @@ class TrainConfig:
             with an error naming it; ``"skip"`` skips the step (no parameter or multiplier
             changes) and counts it in the ``skipped_steps`` metric.
         compile: Compile the model's forward pass with ``torch.compile``.
+        bn_recalibration: Before each evaluation, recompute the BatchNorm running statistics
+            with the test-time gates over this many training batches
+            (:func:`~l0_sparsity.calibration.recalibrate_batchnorm`); 0 keeps those gathered
+            during training under sampled gates.
     """
 
     preset: str = "custom"
@@ -92,6 +96,7 @@ class TrainConfig:
     threads: int = 0
     on_nonfinite: str = "raise"
     compile: bool = False
+    bn_recalibration: int = 0
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
@@ -141,6 +146,7 @@ PRESETS: dict[str, TrainConfig] = {
         dual_lr=0.3,
         droprate_init=0.3,
         target=0.5,
+        bn_recalibration=20,
         output_dir="runs/fashion_resnet18",
     ),
     "cifar10_wrn": TrainConfig(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import math
 import random
 import time
@@ -38,6 +39,7 @@ from torch import nn
 import conopt
 from conopt.optim.lagrangian import NonFiniteError
 from l0_sparsity import distributed
+from l0_sparsity.calibration import recalibrate_batchnorm
 from l0_sparsity.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -131,6 +133,10 @@ def validate_config(config: TrainConfig) -> None:
         ),
         (config.num_workers >= 0, f"num_workers must be >= 0, got {config.num_workers}"),
         (config.threads >= 0, f"threads must be >= 0, got {config.threads}"),
+        (
+            config.bn_recalibration >= 0,
+            f"bn_recalibration must be >= 0 batches, got {config.bn_recalibration}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -588,6 +594,16 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
             correct += float((state.extras["logits"].argmax(dim=1) == targets).sum())
             seen += batch
         scheduler.step()
+        if config.bn_recalibration:
+            recalibrate_batchnorm(
+                model,
+                (
+                    inputs
+                    for inputs, _, _ in itertools.islice(train_loader, config.bn_recalibration)
+                ),
+                device=device,
+                dtype=dtype,
+            )
         counts = torch.tensor(
             [
                 loss_sum,
