@@ -37,6 +37,7 @@ from l0_sparsity.data import (
     shard_indices,
     stratified_subset,
 )
+from l0_sparsity.data.base import apply_subsets
 from l0_sparsity.data.transforms import pil_to_tensor, random_resized_crop_box
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
@@ -470,3 +471,13 @@ def test_dataset_options_lists_the_builders_keyword_options():
     assert dataset_options("fashion_mnist") == ["subset", "test_subset", "subset_seed"]
     with pytest.raises(ValueError, match="unknown dataset 'nope'; valid names: cifar10"):
         dataset_options("nope")
+
+
+def test_apply_subsets_keeps_class_proportions_and_leaves_unasked_splits_whole():
+    train = TensorImageDataset(torch.zeros(30, 1, 2, 2), torch.arange(30) % 3)
+    test = TensorImageDataset(torch.zeros(12, 1, 2, 2), torch.arange(12) % 3)
+    small_train, same_test = apply_subsets(train, test, 9, None, seed=4)
+    assert small_train.targets.bincount().tolist() == [3, 3, 3] and same_test is test
+    again, small_test = apply_subsets(train, test, 9, 6, seed=4)
+    assert torch.equal(again.targets, small_train.targets)
+    assert small_test.targets.bincount().tolist() == [2, 2, 2]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -24,7 +24,9 @@ __all__ = [
     "DatasetFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "SubsettableDataset",
     "TensorImageDataset",
+    "apply_subsets",
     "mix_seed",
     "stratified_split",
     "stratified_subset",
@@ -206,6 +208,56 @@ def stratified_subset(targets: Tensor, size: int, seed: int) -> Tensor:
         order = torch.randperm(members.numel(), generator=_generator(mix_seed(seed, label)))
         parts.append(members[order[:take]])
     return torch.cat(parts).sort().values
+
+
+_Subsettable = TypeVar("_Subsettable", bound="SubsettableDataset")
+
+
+class SubsettableDataset(Protocol):
+    """A dataset with integer labels that can build a dataset of some of its samples."""
+
+    @property
+    def targets(self) -> Tensor:
+        """``int64`` labels ``(N,)``."""
+        ...
+
+    def subset(self: _Subsettable, indices: Tensor) -> _Subsettable:
+        """A dataset of the samples at ``indices``."""
+        ...
+
+
+_Train = TypeVar("_Train", bound=SubsettableDataset)
+_Test = TypeVar("_Test", bound=SubsettableDataset)
+
+
+def apply_subsets(
+    train: _Train, test: _Test, subset: int | None, test_subset: int | None, seed: int
+) -> tuple[_Train, _Test]:
+    """Stratified subsets of a train/test pair, as every dataset builder offers them.
+
+    Args:
+        train: The training set.
+        test: The test set.
+        subset: Training samples to keep (:func:`stratified_subset`), or ``None`` for all.
+        test_subset: Test samples to keep, or ``None`` for all.
+        seed: Seed of the choice (the two splits use independent streams derived from it).
+
+    Returns:
+        ``(train, test)``, subsetted where asked.
+
+    Example:
+        >>> import torch
+        >>> from l0_sparsity.data.base import TensorImageDataset, apply_subsets
+        >>> data = TensorImageDataset(torch.zeros(10, 1, 2, 2), torch.arange(10) % 2)
+        >>> train, test = apply_subsets(data, data, 4, None, seed=0)
+        >>> len(train), len(test), train.targets.bincount().tolist()
+        (4, 10, [2, 2])
+    """
+    if subset is not None:
+        train = train.subset(stratified_subset(train.targets, subset, mix_seed(seed, 0)))
+    if test_subset is not None:
+        test = test.subset(stratified_subset(test.targets, test_subset, mix_seed(seed, 1)))
+    return train, test
 
 
 class TensorImageDataset(Dataset):

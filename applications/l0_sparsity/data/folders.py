@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import DatasetFormatError, DatasetInfo, missing_files_error, mix_seed, stratified_subset
+from .base import DatasetFormatError, DatasetInfo, apply_subsets, missing_files_error
 from .sources import DEFAULT_DATA_ROOT
 from .transforms import ImageEvalTransform, ImageTrainTransform
 
@@ -133,21 +133,6 @@ def _resolve(root: str | os.PathLike[str] | None, folder: str) -> tuple[Path, Pa
     return base, (base if base.name == folder else base / folder)
 
 
-def _finish(
-    train: ImageFileDataset,
-    test: ImageFileDataset,
-    info: DatasetInfo,
-    subset: int | None,
-    test_subset: int | None,
-    seed: int,
-) -> Split:
-    if subset is not None:
-        train = train.subset(stratified_subset(train.targets, subset, mix_seed(seed, 0)))
-    if test_subset is not None:
-        test = test.subset(stratified_subset(test.targets, test_subset, mix_seed(seed, 1)))
-    return train, test, info
-
-
 def _transforms(
     augment: bool, crop_size: int, resize_size: int
 ) -> tuple[ImageTransform, ImageTransform]:
@@ -221,14 +206,14 @@ def build_tinyimagenet(
         test_samples.append((directory / "val" / "images" / fields[0], label_of[fields[1]]))
     training, evaluation = _transforms(augment, crop_size, resize_size or crop_size)
     info = DatasetInfo("tinyimagenet", len(classes), 3, crop_size, *IMAGENET_STATS)
-    return _finish(
+    train, test = apply_subsets(
         ImageFileDataset(train_samples, classes, training),
         ImageFileDataset(test_samples, classes, evaluation),
-        info,
         subset,
         test_subset,
         subset_seed,
     )
+    return train, test, info
 
 
 def build_imagenet(
@@ -291,11 +276,11 @@ def build_imagenet(
 
     training, evaluation = _transforms(augment, crop_size, resize_size)
     info = DatasetInfo("imagenet", len(classes), 3, crop_size, *IMAGENET_STATS)
-    return _finish(
+    train, test = apply_subsets(
         ImageFileDataset(scan(train_dir, classes), classes, training),
         ImageFileDataset(scan(val_dir, val_classes), classes, evaluation),
-        info,
         subset,
         test_subset,
         subset_seed,
     )
+    return train, test, info

