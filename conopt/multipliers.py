@@ -240,19 +240,12 @@ class DenseMultiplier(Multiplier):
     def add_dual_gradient_(  # noqa: D102
         self, state: ConstraintState | None, direction: torch.Tensor
     ) -> None:
-        weight = self._parameters["weight"]
-        assert weight is not None
-        if weight.grad is None:
-            weight.grad = direction
-        else:
-            weight.grad.add_(direction)
+        add_dense_gradients_([self.weight], [direction])
 
     def restart_(  # noqa: D102
         self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
     ) -> None:
-        with torch.no_grad():
-            for tensor in [self.weight, *_same_shape_state(optimizer, self.weight)]:
-                tensor.masked_fill_(feasible, 0.0)
+        restart_dense_([self.weight], feasible, optimizer)
 
 
 class IndexedMultiplier(Multiplier):
