@@ -47,12 +47,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
+from l0_sparsity.layers import gated_layers, test_density
 from l0_sparsity.models import build_model
+from l0_sparsity.precision import autocast
 from l0_sparsity.presets import TrainConfig, get_preset
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.purge import purge, purge_report
-from l0_sparsity.train import make_constrained_optimizer, make_optimizer
+from l0_sparsity.train import (
+    make_constrained_optimizer,
+    make_optimizer,
+    primal_parameter_groups,
+)
 
 TRAIN_GOAL = 1.3
 """Section (a): a gated step may cost at most this many dense steps."""
@@ -241,21 +246,18 @@ def make_train_step(
         model = model.to(memory_format=torch.channels_last)
     model.train()
     data = SyntheticBatches(name, batch, device, channels_last)
-    autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+    mixed = autocast(device.type, amp)
 
     if variant != "constrained":
         if variant == "dense":
             opts = [make_optimizer(config.optimizer, list(model.parameters()), config.lr)]
         else:  # as make_constrained_optimizer builds it: one optimizer, two groups
-            groups = [
-                {"params": weight_parameters(model), "lr": config.lr},
-                {"params": gate_parameters(model), "lr": config.gates_lr},
-            ]
+            groups = primal_parameter_groups(config, model)
             opts = [make_optimizer(config.optimizer, groups, config.lr)]
 
         def step() -> None:
             x, y = data()
-            with autocast:
+            with mixed:
                 logits = model(x)
             F.cross_entropy(logits.float(), y).backward()
             for opt in opts:
@@ -272,7 +274,7 @@ def make_train_step(
 
     def constrained_step() -> None:
         x, y = data()
-        with autocast:
+        with mixed:
             state = problem.evaluate(x, y)
         optimizer.lagrangian(state).backward()
         optimizer.apply()

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from l0_sparsity.precision import autocast
+
 __all__ = ["recalibrate_batchnorm"]
 
 
@@ -71,9 +73,7 @@ def recalibrate_batchnorm(
         for inputs in batches:
             if device is not None:
                 inputs = inputs.to(device, non_blocking=True)
-            with torch.autocast(
-                inputs.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
+            with autocast(inputs.device.type, dtype):
                 model(inputs)
             used += 1
     except BaseException:

@@ -51,6 +51,7 @@ from l0_sparsity.data import DATASETS, build_datasets, dataset_options, make_loa
 from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
 from l0_sparsity.metrics import MetricsLogger
 from l0_sparsity.models import build_model
+from l0_sparsity.precision import autocast
 from l0_sparsity.presets import TrainConfig
 from l0_sparsity.problem import SparsityProblem
 
@@ -258,12 +259,29 @@ def make_optimizer(
         return cls(params, lr=lr, foreach=True, **options)
 
 
+def primal_parameter_groups(config: TrainConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """The primal optimizer's two parameter groups: weights (``config.lr``), gates (``gates_lr``).
+
+    Args:
+        config: The run's settings.
+        model: The gated model.
+
+    Returns:
+        ``[{"params": weights, "lr": config.lr}, {"params": gates, "lr": config.gates_lr}]``.
+    """
+    return [
+        {"params": weight_parameters(model), "lr": config.lr},
+        {"params": gate_parameters(model), "lr": config.gates_lr},
+    ]
+
+
 def make_constrained_optimizer(
     config: TrainConfig, model: nn.Module, problem: SparsityProblem
 ) -> conopt.optim.SimultaneousGDA:
     """The trainer's constrained optimizer for ``problem``.
 
-    One :func:`make_optimizer` drives weights and gates, as two parameter groups: group 0 the
+    One :func:`make_optimizer` drives weights and gates, as two parameter groups
+    (:func:`primal_parameter_groups`): group 0 the
     weights (learning rate ``config.lr``, the one a schedule decays, see
     :func:`make_scheduler`), group 1 the gates (``config.gates_lr``, never decayed). One
     optimizer rather than two saves a step call per iteration, which shows on small models.
@@ -289,14 +307,7 @@ def make_constrained_optimizer(
         >>> [group["lr"] for group in optimizer.primal_optimizers[0].param_groups]
         [0.0007, 0.005]
     """
-    primal = make_optimizer(
-        config.optimizer,
-        [
-            {"params": weight_parameters(model), "lr": config.lr},
-            {"params": gate_parameters(model), "lr": config.gates_lr},
-        ],
-        config.lr,
-    )
+    primal = make_optimizer(config.optimizer, primal_parameter_groups(config, model), config.lr)
     dual_params = list(problem.dual_parameters())
     dual_opt = (
         torch.optim.SGD(dual_params, lr=config.dual_lr, maximize=True) if dual_params else None
@@ -393,7 +404,7 @@ def count_correct(
             inputs.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         )
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device.type, dtype):
             logits = model(inputs)
         hits = logits.argmax(dim=1) == targets
         if num_samples is not None:
@@ -566,9 +577,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
         ):
             if config.channels_last and device.type == "cuda" and inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
+            with autocast(device.type, dtype):
                 state = problem.evaluate(inputs, targets)
             skipped_before = optimizer.skipped_steps
             try:
