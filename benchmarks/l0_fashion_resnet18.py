@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"training {config.model} on {config.dataset}: {config.subset} images, "
-        f"{config.epochs} epochs, target density {config.target}, {config.threads} thread(s)",
+        f"{config.epochs} epochs, target density {config.target}, "
+        f"{config.threads or torch.get_num_threads()} thread(s)",
         flush=True,
     )
     result = train(config)
