@@ -49,7 +49,7 @@ from torch import nn
 
 from l0_sparsity.layers import gated_layers, test_density
 from l0_sparsity.models import build_model
-from l0_sparsity.precision import autocast
+from l0_sparsity.precision import mixed_precision
 from l0_sparsity.presets import TrainConfig, get_preset
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.purge import purge, purge_report
@@ -246,7 +246,7 @@ def make_train_step(
         model = model.to(memory_format=torch.channels_last)
     model.train()
     data = SyntheticBatches(name, batch, device, channels_last)
-    mixed = autocast(device.type, amp)
+    mixed = mixed_precision(device.type, amp)
 
     if variant != "constrained":
         if variant == "dense":

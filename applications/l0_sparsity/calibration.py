@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from l0_sparsity.precision import autocast
+from l0_sparsity.precision import mixed_precision
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -73,7 +73,7 @@ def recalibrate_batchnorm(
         for inputs in batches:
             if device is not None:
                 inputs = inputs.to(device, non_blocking=True)
-            with autocast(inputs.device.type, dtype):
+            with mixed_precision(inputs.device.type, dtype):
                 model(inputs)
             used += 1
     except BaseException:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["autocast"]
+__all__ = ["mixed_precision"]
 
 
-def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+def mixed_precision(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
     """``torch.autocast`` to ``dtype`` on ``device_type``, or a disabled one for ``None``.
 
     Args:
@@ -20,11 +20,11 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
 
     Example:
         >>> import torch
-        >>> from l0_sparsity.precision import autocast
-        >>> with autocast("cpu", torch.bfloat16):
+        >>> from l0_sparsity.precision import mixed_precision
+        >>> with mixed_precision("cpu", torch.bfloat16):
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.bfloat16
-        >>> with autocast("cpu", None):
+        >>> with mixed_precision("cpu", None):
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.float32
     """

@@ -51,7 +51,7 @@ from l0_sparsity.data import DATASETS, build_datasets, dataset_options, make_loa
 from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
 from l0_sparsity.metrics import MetricsLogger
 from l0_sparsity.models import build_model
-from l0_sparsity.precision import autocast
+from l0_sparsity.precision import mixed_precision
 from l0_sparsity.presets import TrainConfig
 from l0_sparsity.problem import SparsityProblem
 
@@ -404,7 +404,7 @@ def count_correct(
             inputs.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         )
-        with autocast(device.type, dtype):
+        with mixed_precision(device.type, dtype):
             logits = model(inputs)
         hits = logits.argmax(dim=1) == targets
         if num_samples is not None:
@@ -577,7 +577,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
         ):
             if config.channels_last and device.type == "cuda" and inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast(device.type, dtype):
+            with mixed_precision(device.type, dtype):
                 state = problem.evaluate(inputs, targets)
             skipped_before = optimizer.skipped_steps
             try:

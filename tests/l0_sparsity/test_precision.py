@@ -1,13 +1,13 @@
-"""autocast: a torch.autocast context for an optional dtype."""
+"""mixed_precision: a torch.autocast context for an optional dtype."""
 
 import torch
 
-from l0_sparsity.precision import autocast
+from l0_sparsity.precision import mixed_precision
 
 
-def test_autocast_to_a_dtype_or_disabled_for_none():
+def test_mixed_precision_autocasts_to_a_dtype_or_disabled_for_none():
     a = torch.ones(2, 2)
-    with autocast("cpu", torch.bfloat16):
+    with mixed_precision("cpu", torch.bfloat16):
         assert (a @ a).dtype == torch.bfloat16
-    with autocast("cpu", None):
+    with mixed_precision("cpu", None):
         assert (a @ a).dtype == torch.float32
