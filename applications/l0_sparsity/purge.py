@@ -147,6 +147,22 @@ class _Plan:
     scatter: list[tuple[fx.Node, Tensor]] = field(default_factory=list)
 
 
+def _make_picklable(graph: fx.Graph) -> None:
+    """Strip what would stop the purged ``GraphModule`` from pickling on its own.
+
+    * Under ``from __future__ import annotations`` the tracer records ``forward``'s annotations
+      as strings (``"Tensor"``); the generated code then holds a string where a type belongs and
+      ``torch.save`` fails. The annotations are cosmetic and are dropped.
+    * The graph remembers its tracer class (:class:`GateLeafTracer`), which a pickle would
+      reference; unpickling would then need this package. torch.fx's default tracer is used
+      instead, which is all that reloading needs.
+    """
+    for node in graph.nodes:
+        if isinstance(node.type, str):
+            node.type = None
+    graph._tracer_cls = None
+
+
 class _Purger:
     """One purge: trace, plan the index sets, rebuild the modules, rewrite the graph."""
 
@@ -160,6 +176,7 @@ class _Purger:
                 "purge needs a model that torch.fx can trace symbolically "
                 "(no data-dependent control flow in forward)"
             ) from exc
+        _make_picklable(graph)
         self.gm = fx.GraphModule(model, graph, type(model).__name__ + "Purged")
         self.modules = dict(self.gm.named_modules())
         self.calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
@@ -455,7 +472,8 @@ def purge(model: nn.Module) -> fx.GraphModule:
 
     Returns:
         A :class:`torch.fx.GraphModule` in eval mode, made of plain torch modules and ops, whose
-        output equals ``model.eval()``'s output up to float rounding.
+        output equals ``model.eval()``'s output up to float rounding. It pickles without this
+        package (``torch.save``; reload with ``torch.load(path, weights_only=False)``).
 
     Raises:
         ValueError: If the model cannot be traced.

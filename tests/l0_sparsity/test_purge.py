@@ -210,3 +210,26 @@ def test_saved_purged_model_reloads_without_l0_sparsity(tmp_path):
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet18_cifar"])
+def test_purged_model_pickles_with_torch_save_and_loads_without_l0_sparsity(name: str, tmp_path):
+    model, x = _model(name), _input(name)
+    _force(model, 0.5)
+    torch.save(purge(model), tmp_path / "purged.pt")  # the models annotate with postponed strings
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["l0_sparsity"] = None  # any import of the package now fails
+        import torch
+        purged = torch.load({str(tmp_path / "purged.pt")!r}, weights_only=False)
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        with torch.no_grad():
+            torch.save(purged(x), {str(tmp_path / "y.pt")!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
