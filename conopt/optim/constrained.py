@@ -192,7 +192,8 @@ class ConstrainedOptimizer:
 
     # ------------------------------------------------------------------------------ building
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients of both players."""
+        """Clear the gradients of both players, and any values accumulated since :meth:`apply`."""
+        self._pending, self._pending_skip = None, False
         if self._last_gradient is not None:
             self._last_gradient.release()
             self._last_gradient = None
@@ -323,13 +324,23 @@ class ConstrainedOptimizer:
 
         Its value is the Lagrangian; its gradients are the primal gradient and the multipliers'
         ascent directions. Validates the state first (shapes, names, finiteness).
+
+        Gradient accumulation: call it once per micro-batch (each followed by ``backward()``),
+        then :meth:`apply` once. The dual gradients, restarts, penalty updates and the report all
+        use the sum of the micro-batches' values, so weight each micro-batch's loss and
+        constraints by ``1/k`` to get the full batch's means (see
+        :meth:`~conopt.optim.lagrangian.AssembledLagrangian.accumulated`). One refused
+        micro-batch (non-finite, with ``on_nonfinite="skip"``) refuses the whole step.
         """
         if not self.supports_open_step:
             raise TypeError(f"{type(self).__name__} has no open step path; use step(closure).")
         assembled = self._assemble(state)
-        self._pending, self._pending_skip = assembled, assembled is None
-        if assembled is None:
+        if assembled is None or self._pending_skip:  # one refused micro-batch refuses the step
+            self._pending, self._pending_skip = None, True
             return torch.zeros((), requires_grad=True)
+        # Accumulation: a second call before apply() adds its values to the step's.
+        pending = self._pending
+        self._pending = assembled if pending is None else pending.accumulated(assembled)
         return assembled.objective
 
     def apply(self, scaler: GradScaler | None = None) -> StepReport:

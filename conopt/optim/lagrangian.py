@@ -156,6 +156,65 @@ class AssembledLagrangian:
     groups: list[ConstraintGroup]
     records: list[GroupRecord]
 
+    def accumulated(self, later: AssembledLagrangian) -> AssembledLagrangian:
+        """This assembly with the values of a later one of the same step added (accumulation).
+
+        Under gradient accumulation every micro-batch's :func:`assemble` adds its closed-form dual
+        gradients to the multipliers'; the sum of the micro-batches' constraint values is what
+        restarts, penalty updates and the step's report must then read too. Values are summed
+        per constraint, so weight each micro-batch's loss and constraints (e.g. by ``1/k``) as
+        you would for the primal gradient.
+
+        Args:
+            later: The assembly of the step's next micro-batch.
+
+        Returns:
+            A new assembly: objective (detached), loss and every constraint value summed.
+
+        Raises:
+            ValueError: The micro-batches hold different constraints or shapes, or a constraint
+                whose multiplier reads a per-batch :class:`~conopt.problem.ConstraintState`
+                (such as indices), whose values cannot be summed across batches.
+        """
+        if _layout(self.groups) != _layout(later.groups):
+            first = [n for g in self.groups for n in g.names]
+            then = [n for g in later.groups for n in g.names]
+            raise ValueError(
+                "gradient accumulation: every lagrangian() call of one step must hold the same "
+                f"constraints with the same shapes; got {first} and then {then}. The step's "
+                "gradients are now inconsistent: call zero_grad()."
+            )
+        for group in self.groups:
+            for entry in group.entries:
+                if entry.fixed_shape is None:
+                    raise ValueError(
+                        f"gradient accumulation: constraint {entry.name!r} has a "
+                        f"{type(entry.multiplier).__name__}, whose per-batch values cannot be "
+                        "summed across micro-batches; call apply() after each lagrangian() "
+                        "(and zero_grad() now: the step's gradients are inconsistent)."
+                    )
+        records = []
+        pairs = zip(self.groups, later.groups, self.records, later.records, strict=True)
+        for group, other, record, other_record in pairs:
+            assert group.strict_values is not None and other.strict_values is not None
+            group.strict_values = group.strict_values + other.strict_values
+            records.append(
+                record._replace(
+                    values=record.values + other_record.values,
+                    strict_values=group.strict_values,
+                )
+            )
+        return AssembledLagrangian(
+            objective=self.objective.detach() + later.objective.detach(),
+            loss=self.loss + later.loss,
+            groups=self.groups,
+            records=records,
+        )
+
+
+def _layout(groups: Sequence[ConstraintGroup]) -> list[tuple]:
+    return [(g.formulation, g.inequality, g.names, g.shapes) for g in groups]
+
 
 class ConstraintIndex:
     """Resolves the keys of a :class:`ProblemState` (constraints or names) to constraints."""

@@ -301,6 +301,146 @@ def test_gradient_accumulation_over_two_halves_equals_one_full_batch():
         assert torch.allclose(acc, full, rtol=1e-13, atol=1e-15)
 
 
+class _Halves(conopt.ConstrainedProblem):
+    """Two constraints whose values are a weighted mean of given rows (no primal dependence)."""
+
+    def __init__(self, penalty=False):
+        super().__init__()
+        growth = conopt.IncreaseOnStagnation()
+        formulation = conopt.AugmentedLagrangian(1.0, penalty_update=growth) if penalty else None
+        kwargs = {} if formulation is None else {"formulation": formulation}
+        self.c = conopt.Constraint("<=", 2, multiplier=conopt.DenseMultiplier(init=0.3), **kwargs)
+        self.h = conopt.Constraint("==", multiplier=conopt.DenseMultiplier(init=0.1))
+
+    def evaluate(self, x, values, weight):
+        return conopt.ProblemState(
+            loss=weight * (x**2).sum(),
+            constraints={self.c: weight * values.mean(0), self.h: weight * (x.sum() - 1)},
+        )
+
+
+# Rows of c's values: the full batch is infeasible in entry 0 and feasible in entry 1, while its
+# second half alone says the opposite (so a step that read the last micro-batch would restart
+# the wrong entry).
+_ROWS = torch.tensor([[4.0, -3.0], [2.0, -3.0], [-1.0, 1.0], [-1.0, 1.0]], **D)
+
+
+def _accumulated_step(batches, problem_kwargs=None, on_nonfinite="raise"):
+    problem = _Halves(**(problem_kwargs or {}))
+    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+        dual_restarts=True,
+        on_nonfinite=on_nonfinite,
+    )
+    optimizer.zero_grad()
+    for rows in batches:
+        optimizer.lagrangian(problem.evaluate(x, _ROWS[rows], 1 / len(batches))).backward()
+    report = optimizer.apply()
+    return problem, x.detach(), report
+
+
+def test_accumulated_step_restarts_and_reports_the_full_batch_values():
+    halves = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    assert (_ROWS[halves[1]].mean(0) * torch.tensor([-1.0, 1.0], **D) > 0).all()  # see _ROWS
+    problem, x, report = _accumulated_step(halves)
+    full_problem, x_full, full = _accumulated_step([torch.tensor([0, 1, 2, 3])])
+    assert torch.allclose(x, x_full)
+    lam, lam_full = problem.c.multiplier.weight, full_problem.c.multiplier.weight
+    assert torch.allclose(lam.detach(), lam_full.detach())
+    assert lam[1] == 0 and lam[0] > 0.3  # entry 1 restarted, entry 0 ascended
+    for name in ("c", "h"):
+        assert torch.allclose(report.constraints[name].value, full.constraints[name].value)
+        assert torch.allclose(
+            report.constraints[name].strict_value, full.constraints[name].strict_value
+        )
+    assert torch.allclose(report.loss, full.loss)
+    assert torch.allclose(report.lagrangian, full.lagrangian)
+    assert report.kkt.max_violation == pytest.approx(full.kkt.max_violation)
+
+
+def test_accumulated_step_grows_penalties_from_the_full_batch_violation():
+    halves = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    problem, _, _ = _accumulated_step(halves, {"penalty": True})
+    full_problem, _, _ = _accumulated_step([torch.tensor([0, 1, 2, 3])], {"penalty": True})
+    assert problem.c.formulation.state_dict() == full_problem.c.formulation.state_dict()
+
+
+def test_accumulation_refuses_micro_batches_with_other_constraints():
+    problem = _Halves()
+    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+    )
+    state = problem.evaluate(x, _ROWS, 0.5)
+    optimizer.lagrangian(state)
+    only_c = conopt.ProblemState(
+        loss=state.loss, constraints={problem.c: state.constraints[problem.c]}
+    )
+    with pytest.raises(ValueError, match=r"same constraints.*\['c', 'h'\] and then \['c'\]"):
+        optimizer.lagrangian(only_c)
+
+
+def test_accumulation_refuses_per_batch_multipliers():
+    problem = conopt.ConstrainedProblem()
+    problem.per_sample = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(4))
+    x = torch.tensor([0.4], **D).requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+    )
+
+    def state(indices):
+        value = conopt.ConstraintState(x * torch.ones(2, **D), indices=torch.tensor(indices))
+        return conopt.ProblemState(loss=x.sum(), constraints={problem.per_sample: value})
+
+    optimizer.lagrangian(state([0, 1]))
+    with pytest.raises(ValueError, match="'per_sample' has a IndexedMultiplier"):
+        optimizer.lagrangian(state([2, 3]))
+
+
+def test_one_refused_micro_batch_refuses_the_accumulated_step():
+    problem = _Halves()
+    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+        on_nonfinite="skip",
+    )
+    bad = _ROWS.clone()
+    bad[0, 0] = float("nan")
+    optimizer.zero_grad()
+    optimizer.lagrangian(problem.evaluate(x, bad[:2], 0.5)).backward()
+    optimizer.lagrangian(problem.evaluate(x, _ROWS[2:], 0.5)).backward()
+    report = optimizer.apply()
+    assert report.skipped and optimizer.skipped_steps == 1
+    assert torch.equal(x.detach(), torch.tensor([0.4, 0.2], **D))
+
+
+def test_zero_grad_forgets_an_unapplied_lagrangian():
+    halves = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    _, _, expected = _accumulated_step([halves[1]])
+    problem = _Halves()
+    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+    optimizer = SimultaneousGDA(
+        problem,
+        torch.optim.SGD([x], lr=LR),
+        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
+        dual_restarts=True,
+    )
+    optimizer.lagrangian(problem.evaluate(x, _ROWS[halves[0]], 1.0))  # abandoned
+    optimizer.zero_grad()
+    optimizer.lagrangian(problem.evaluate(x, _ROWS[halves[1]], 1.0)).backward()
+    report = optimizer.apply()
+    assert torch.equal(report.constraints["c"].value, expected.constraints["c"].value)
+
+
 # ------------------------------------------------------------------------------ restarts
 def _fixed_values_problem(init):
     """A problem whose constraint takes whatever value the closure gives (x only in f)."""
