@@ -531,7 +531,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
     optimizer = make_constrained_optimizer(config, model, problem)
     (primal,) = optimizer.primal_optimizers
     scheduler = make_scheduler(config, primal)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     start_epoch = 0
     if config.resume and checkpoint_path.exists():

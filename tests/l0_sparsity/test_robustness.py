@@ -102,6 +102,38 @@ def test_fp16_is_refused_on_cpu_with_one_clear_line(tmp_path, capsys):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+def test_fp16_gradscaler_path_skips_an_overflow_and_resumes_with_the_scaler(
+    tmp_path, monkeypatch
+):
+    """The CUDA fp16 path (autocast + GradScaler), run on CPU by lifting the CUDA-only check."""
+    monkeypatch.setattr(trainer, "amp_dtype", lambda amp, device: torch.float16)
+    seen: list[torch.dtype] = []
+    overflow_step = 3
+
+    def overflow_once(number, problem, state):
+        seen.append(state.extras["logits"].dtype)
+        if number == overflow_step:  # finite loss, but its scaled fp16 gradients overflow
+            return dataclasses.replace(state, loss=state.loss * 1e30)
+        return state
+
+    config = SMOKE.replace(amp="fp16", output_dir=str(tmp_path))
+    with _patched_evaluate(monkeypatch, overflow_once):
+        first = train(config)
+    steps = len(seen)
+    assert set(seen) == {torch.float16}  # autocast was on
+    scaler = load_checkpoint(tmp_path / trainer.CHECKPOINT_NAME)["scaler"]
+    assert scaler["scale"] == 2.0**16 / 2  # one backoff, for the overflowing step
+    assert scaler["_growth_tracker"] == steps - overflow_step  # clean steps since the backoff
+    assert math.isfinite(first.final["train_loss"])
+    assert all(torch.isfinite(p).all() for p in first.model.parameters())
+
+    second = train(config.replace(epochs=2, resume=True))
+    scaler = load_checkpoint(tmp_path / trainer.CHECKPOINT_NAME)["scaler"]
+    assert scaler["_growth_tracker"] == 2 * steps - overflow_step  # restored, then continued
+    assert scaler["scale"] == 2.0**15
+    assert second.final["epoch"] == 1 and math.isfinite(second.final["train_loss"])
+
+
 def test_amp_setting_to_autocast_dtype():
     cpu = torch.device("cpu")
     assert trainer.amp_dtype("auto", cpu) is None  # the GPU presets' "auto": full precision here
