@@ -102,9 +102,7 @@ def test_fp16_is_refused_on_cpu_with_one_clear_line(tmp_path, capsys):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-def test_fp16_gradscaler_path_skips_an_overflow_and_resumes_with_the_scaler(
-    tmp_path, monkeypatch
-):
+def test_fp16_gradscaler_path_skips_an_overflow_and_resumes_with_the_scaler(tmp_path, monkeypatch):
     """The CUDA fp16 path (autocast + GradScaler), run on CPU by lifting the CUDA-only check."""
     monkeypatch.setattr(trainer, "amp_dtype", lambda amp, device: torch.float16)
     seen: list[torch.dtype] = []
