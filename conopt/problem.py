@@ -14,7 +14,7 @@ returns a :class:`ProblemState` with the loss and each constraint's value.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -164,6 +164,47 @@ class ProblemState:
         default_factory=dict
     )
     extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def scaled(self, weight: float) -> ProblemState:
+        """This state with its loss and every constraint value multiplied by ``weight``.
+
+        The step's weight of one micro-batch under gradient accumulation (``weight = 1/k`` for
+        ``k`` equal micro-batches): conopt sums the micro-batches' values for the dual step,
+        restarts and the report, so the weighted sum is the full batch's mean (see
+        :meth:`~conopt.optim.constrained.ConstrainedOptimizer.lagrangian`). Strict values are
+        scaled too; indices, features, counts and extras are kept.
+
+        Args:
+            weight: The factor.
+
+        Returns:
+            A new state.
+
+        Example:
+            >>> import torch, conopt
+            >>> c = conopt.Constraint("<=")
+            >>> one = torch.tensor(1.0)
+            >>> state = conopt.ProblemState(loss=2 * one, constraints={c: one})
+            >>> half = state.scaled(0.5)
+            >>> half.loss.item(), half.constraints[c].item()
+            (1.0, 0.5)
+        """
+
+        def scale(value: torch.Tensor | ConstraintState) -> torch.Tensor | ConstraintState:
+            if not isinstance(value, ConstraintState):
+                return value * weight
+            strict = value.strict_value
+            return replace(
+                value,
+                value=value.value * weight,
+                strict_value=None if strict is None else strict * weight,
+            )
+
+        return ProblemState(
+            loss=self.loss * weight,
+            constraints={key: scale(value) for key, value in self.constraints.items()},
+            extras=self.extras,
+        )
 
 
 class ConstrainedProblem(nn.Module):

@@ -61,6 +61,10 @@ class TrainConfig:
             with the test-time gates over this many training batches
             (:func:`~l0_sparsity.calibration.recalibrate_batchnorm`); 0 keeps those gathered
             during training under sampled gates.
+        accumulation_steps: Split each batch into this many micro-batches, each with its own
+            forward and backward pass (and gate sample), and step once per batch: the batch's
+            gradient at a fraction of the activation memory. Under DDP only the last
+            micro-batch all-reduces.
     """
 
     preset: str = "custom"
@@ -97,6 +101,7 @@ class TrainConfig:
     on_nonfinite: str = "raise"
     compile: bool = False
     bn_recalibration: int = 0
+    accumulation_steps: int = 1
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""

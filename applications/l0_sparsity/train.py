@@ -22,6 +22,7 @@ raise or skip the step together.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -137,6 +138,10 @@ def validate_config(config: TrainConfig) -> None:
         (
             config.bn_recalibration >= 0,
             f"bn_recalibration must be >= 0 batches, got {config.bn_recalibration}",
+        ),
+        (
+            config.accumulation_steps >= 1,
+            f"accumulation_steps must be >= 1, got {config.accumulation_steps}",
         ),
     ]
     for ok, message in checks:
@@ -490,6 +495,11 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
             f"{context.world_size}."
         )
     per_rank = config.batch_size // context.world_size
+    if config.accumulation_steps > per_rank:
+        raise ValueError(
+            f"accumulation_steps {config.accumulation_steps} exceeds the batch of "
+            f"{per_rank} samples per process: each micro-batch needs at least one."
+        )
     train_loader = make_loader(
         train_set,
         per_rank,
@@ -577,31 +587,24 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
         ):
             if config.channels_last and device.type == "cuda" and inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with mixed_precision(device.type, dtype):
-                state = problem.evaluate(inputs, targets)
-            skipped_before = optimizer.skipped_steps
-            try:
-                lagrangian = optimizer.lagrangian(state)
-            except NonFiniteError as error:
-                raise NonFiniteError(
-                    f"epoch {epoch + 1}, step {optimizer.step_count + 1}"
-                    f"{f' (rank {context.rank})' if context.enabled else ''}: {error} "
-                    "Set on_nonfinite='skip' (--on-nonfinite skip) to skip such steps."
-                ) from None
-            if optimizer.skipped_steps > skipped_before:  # refused: nothing changes
-                optimizer.apply()
-                optimizer.zero_grad()
+            outcome = _step(
+                inputs,
+                targets,
+                config=config,
+                model=forward_model,
+                problem=problem,
+                optimizer=optimizer,
+                scaler=scaler,
+                dtype=dtype,
+                where=f"epoch {epoch + 1}" + (f" (rank {context.rank})" if context.enabled else ""),
+            )
+            if outcome is None:  # refused: nothing changed
                 skipped += 1
                 continue
-            (scaler.scale(lagrangian) if scaler is not None else lagrangian).backward()
-            report = optimizer.apply(scaler=scaler)
-            if scaler is not None:
-                scaler.update()
-            optimizer.zero_grad()
-            batch = targets.numel()
-            loss_sum += float(state.extras["cross_entropy"]) * batch
-            correct += float((state.extras["logits"].argmax(dim=1) == targets).sum())
-            seen += batch
+            report, batch_loss, batch_correct = outcome
+            loss_sum += batch_loss
+            correct += batch_correct
+            seen += targets.numel()
         scheduler.step()
         if config.bn_recalibration:
             recalibrate_batchnorm(
@@ -684,6 +687,72 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
         logger.plot()
         logger.close()
     return TrainResult(config, history, model, problem, output_dir, context.rank)
+
+
+def _step(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    config: TrainConfig,
+    model: nn.Module,
+    problem: SparsityProblem,
+    optimizer: conopt.optim.SimultaneousGDA,
+    scaler: torch.amp.GradScaler | None,
+    dtype: torch.dtype | None,
+    where: str,
+) -> tuple[conopt.StepReport, float, float] | None:
+    """One training step on a batch, in ``config.accumulation_steps`` micro-batches.
+
+    Each micro-batch's state is weighted by its share of the batch (conopt sums them, see
+    :meth:`conopt.ProblemState.scaled`); under DDP only the last backward all-reduces.
+
+    Returns:
+        The step's report, the batch's summed cross-entropy and its correct predictions; or
+        ``None`` when the step was refused (non-finite values, ``on_nonfinite="skip"``).
+    """
+    micro_batches = list(
+        zip(
+            inputs.chunk(config.accumulation_steps),
+            targets.chunk(config.accumulation_steps),
+            strict=True,
+        )
+    )
+    skipped_before = optimizer.skipped_steps
+    loss_sum = correct = 0.0
+    for i, (micro_inputs, micro_targets) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else _no_sync(model):
+            with mixed_precision(inputs.device.type, dtype):
+                state = problem.evaluate(micro_inputs, micro_targets)
+            if len(micro_batches) > 1:
+                state = state.scaled(micro_targets.numel() / targets.numel())
+            try:
+                lagrangian = optimizer.lagrangian(state)
+            except NonFiniteError as error:
+                raise NonFiniteError(
+                    f"{where}, step {optimizer.step_count + 1}: {error} "
+                    "Set on_nonfinite='skip' (--on-nonfinite skip) to skip such steps."
+                ) from None
+            if optimizer.skipped_steps > skipped_before:  # refused: the whole step is void
+                optimizer.apply()
+                optimizer.zero_grad()
+                return None
+            (scaler.scale(lagrangian) if scaler is not None else lagrangian).backward()
+        loss_sum += float(state.extras["cross_entropy"]) * micro_targets.numel()
+        correct += float((state.extras["logits"].argmax(dim=1) == micro_targets).sum())
+    report = optimizer.apply(scaler=scaler)
+    if scaler is not None:
+        scaler.update()
+    optimizer.zero_grad()
+    return report, loss_sum, correct
+
+
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync()`` for a (possibly compiled) DDP model, else a context doing nothing."""
+    wrapped = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        return wrapped.no_sync()
+    return contextlib.nullcontext()
 
 
 def _multipliers(problem: SparsityProblem) -> dict[str, float]:

@@ -283,3 +283,36 @@ def test_extras_are_carried_but_unused():
     with_extras = conopt.ProblemState(state.loss, state.constraints, extras={"anything": object()})
     optimizer.step(lambda: with_extras)
     assert problem.c.multiplier.weight.item() == pytest.approx(0.1)
+
+
+def test_scaled_state_scales_loss_values_and_strict_values_and_keeps_the_rest():
+    plain, proxy = conopt.Constraint("<="), conopt.Constraint("==", 2)
+    indices = torch.tensor([0, 3])
+    state = conopt.ProblemState(
+        loss=torch.tensor(3.0),
+        constraints={
+            plain: torch.tensor(-2.0),
+            proxy: conopt.ConstraintState(
+                torch.tensor([1.0, 4.0]), strict_value=torch.tensor([2.0, 8.0]), indices=indices
+            ),
+            "by_name": torch.tensor(6.0),
+        },
+        extras={"logits": "kept"},
+    )
+    third = state.scaled(1 / 3)
+    assert third.loss.item() == pytest.approx(1.0)
+    assert third.constraints[plain].item() == pytest.approx(-2 / 3)
+    assert third.constraints["by_name"].item() == pytest.approx(2.0)
+    scaled_proxy = third.constraints[proxy]
+    assert torch.allclose(scaled_proxy.value, torch.tensor([1 / 3, 4 / 3]))
+    assert torch.allclose(scaled_proxy.strict_value, torch.tensor([2 / 3, 8 / 3]))
+    assert scaled_proxy.indices is indices and third.extras == {"logits": "kept"}
+    assert state.loss.item() == 3.0  # the original is unchanged
+
+
+def test_scaled_state_stays_differentiable():
+    x = torch.tensor(2.0, requires_grad=True)
+    c = conopt.Constraint("<=")
+    state = conopt.ProblemState(loss=x**2, constraints={c: x - 1}).scaled(0.5)
+    (state.loss + state.constraints[c]).backward()
+    assert x.grad.item() == pytest.approx(0.5 * (2 * 2.0 + 1))

@@ -16,6 +16,11 @@ two half-batch means instead of taking one 64-sample mean), which moves the resu
 ulps per step. Between the two ranks, by contrast, everything is bit-for-bit identical: the
 averaged gradient is the same on both, and the density constraint depends on the parameters
 only.
+
+Both runs are repeated with gradient accumulation (``--accumulation-steps 2``): each rank's
+32-sample shard becomes two 16-sample micro-batches (the first under DDP's ``no_sync``), the
+single process's 64-sample batch two of 32, and rank ``r``'s micro-batch ``i`` again holds every
+other sample of the single process's micro-batch ``i``, drawn with the same gates.
 """
 
 from __future__ import annotations
@@ -50,11 +55,12 @@ BATCH_SIZE = 64  # global: 2 × 32 under DDP; 16 steps per epoch
 # small steps keep far below 1e-6. Per-rank gate noise instead (same init and data, another
 # noise stream) moves them by ~1.5e-4 (density) and ~2.5e-5 (multiplier): the test tells apart.
 TOLERANCE = 1e-6
-NAN_STEP = 5  # in epoch 1
+NAN_STEP = 5  # the 5th evaluation of epoch 1 (with 2 micro-batches: step 3's first)
+ACCUMULATION = (1, 2)  # micro-batches per step: 2 × 16 per rank, the 1-process run 2 × 32
 REPORT_VARIABLE = "L0_TEST_DDP_REPORT"
 
 
-def _cli_args(output_dir: Path, epochs: int, resume: bool = False) -> list[str]:
+def _cli_args(output_dir: Path, epochs: int, accumulation: int, resume: bool = False) -> list[str]:
     args = smoke_cli(
         output_dir,
         "--epochs",
@@ -63,6 +69,8 @@ def _cli_args(output_dir: Path, epochs: int, resume: bool = False) -> list[str]:
         str(BATCH_SIZE),
         "--on-nonfinite",
         "skip",
+        "--accumulation-steps",
+        str(accumulation),
     )
     return [*args, "--resume"] if resume else args
 
@@ -99,8 +107,9 @@ def _multipliers(result: object) -> list[float]:
     return result.problem.density.multiplier.weight.detach().double().reshape(-1).tolist()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+@pytest.fixture(scope="module", params=ACCUMULATION, ids=lambda k: f"accumulation{k}")
+def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    accumulation = request.param
     root = tmp_path_factory.mktemp("ddp")
     report = root / "report.json"
     command = [
@@ -112,6 +121,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         f"--master_port={_free_port()}",
         __file__,
         str(root / "run"),
+        str(accumulation),
     ]
     env = {
         **os.environ,
@@ -126,6 +136,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "ranks": json.loads(report.read_text()),
         "stdout": completed.stdout,
         "output_dir": root / "run",
+        "accumulation": accumulation,
     }
 
 
@@ -148,6 +159,7 @@ def test_two_process_run_matches_one_process_run(ddp_run, tmp_path, monkeypatch)
             epochs=EPOCHS,
             batch_size=BATCH_SIZE,
             on_nonfinite="skip",
+            accumulation_steps=ddp_run["accumulation"],
             output_dir=str(tmp_path),
         )
     )
@@ -198,7 +210,7 @@ def test_sharded_evaluation_counts_every_test_sample_once(world_size):
     assert tuple(map(sum, zip(*shards, strict=True))) == whole
 
 
-def _worker(output_dir: str) -> None:
+def _worker(output_dir: str, accumulation: int) -> None:
     """One torchrun rank: the CLI for 1 epoch, then ``--resume`` to 2; then gather results."""
     import torch.distributed as dist
 
@@ -216,8 +228,8 @@ def _worker(output_dir: str) -> None:
         return results[-1]
 
     trainer.train = capture
-    assert main(_cli_args(Path(output_dir), 1)) == 0
-    assert main(_cli_args(Path(output_dir), EPOCHS, resume=True)) == 0
+    assert main(_cli_args(Path(output_dir), 1, accumulation)) == 0
+    assert main(_cli_args(Path(output_dir), EPOCHS, accumulation, resume=True)) == 0
     result = results[-1]
     mine = {
         "rank": dist.get_rank(),
@@ -233,4 +245,4 @@ def _worker(output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    _worker(sys.argv[1], int(sys.argv[2]))

@@ -15,11 +15,17 @@ from l0_sparsity.checkpoint import (
     save_atomic,
 )
 from l0_sparsity.cli import main
+from l0_sparsity.gates import HardConcrete
 from l0_sparsity.layers import gate_parameters, weight_parameters
 from l0_sparsity.models import build_model
 from l0_sparsity.presets import PRESETS, get_preset
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.train import make_constrained_optimizer, make_scheduler, train
+from l0_sparsity.train import (
+    CHECKPOINT_NAME,
+    make_constrained_optimizer,
+    make_scheduler,
+    train,
+)
 
 SMOKE = get_preset("synthetic_smoke").replace(threads=1, num_workers=0)
 
@@ -236,3 +242,42 @@ def test_one_primal_optimizer_whose_schedule_decays_the_weights_only():
         scheduler.step()
         rates.append([round(group["lr"], 10) for group in primal.param_groups])
     assert rates == [[0.01, 0.5], [0.01, 0.5], [0.001, 0.5], [0.001, 0.5]]
+
+
+def test_accumulated_micro_batches_step_like_the_whole_batch(tmp_path, monkeypatch):
+    # Median gates make the forward pass deterministic, so that two micro-batches (each with
+    # its own gate draw otherwise) must give the whole batch's gradient up to float rounding.
+    monkeypatch.setattr(
+        HardConcrete, "sample", lambda self, log_alpha, generator=None: self.median(log_alpha)
+    )
+    config = SMOKE.replace(epochs=1, batch_size=64)
+    whole = train(config.replace(output_dir=str(tmp_path / "whole")))
+    split = train(config.replace(accumulation_steps=2, output_dir=str(tmp_path / "split")))
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(split.model.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    for key in ("multiplier/density", "expected_density", "train_loss", "train_error"):
+        assert split.final[key] == pytest.approx(whole.final[key], rel=1e-4, abs=1e-6)
+    steps = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["optimizer"]["step_count"]
+    assert steps == 1024 // 64  # one step per batch, not per micro-batch
+
+
+def test_uneven_micro_batches_are_weighted_by_their_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        HardConcrete, "sample", lambda self, log_alpha, generator=None: self.median(log_alpha)
+    )
+    config = SMOKE.replace(epochs=1, batch_size=60)  # 1024 = 17 × 60 + 4: a short last batch
+    whole = train(config.replace(output_dir=str(tmp_path / "whole")))
+    split = train(config.replace(accumulation_steps=7, output_dir=str(tmp_path / "split")))
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(split.model.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    assert split.final["train_loss"] == pytest.approx(whole.final["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [(0, "accumulation_steps must be >= 1"), (65, "exceeds the batch of 64 samples")],
+)
+def test_bad_accumulation_steps_are_refused(tmp_path, steps, message):
+    config = SMOKE.replace(batch_size=64, accumulation_steps=steps, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=message):
+        train(config)
