@@ -188,9 +188,9 @@ class AssembledLagrangian:
             for entry in group.entries:
                 if entry.fixed_shape is None:
                     raise ValueError(
-                        f"gradient accumulation: constraint {entry.name!r} has a "
-                        f"{type(entry.multiplier).__name__}, whose per-batch values cannot be "
-                        "summed across micro-batches; call apply() after each lagrangian() "
+                        f"gradient accumulation: constraint {entry.name!r}: its "
+                        f"{type(entry.multiplier).__name__} takes per-batch values, which cannot "
+                        "be summed across micro-batches; call apply() after each lagrangian() "
                         "(and zero_grad() now: the step's gradients are inconsistent)."
                     )
         records = []

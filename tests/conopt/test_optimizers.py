@@ -325,16 +325,20 @@ class _Halves(conopt.ConstrainedProblem):
 _ROWS = torch.tensor([[4.0, -3.0], [2.0, -3.0], [-1.0, 1.0], [-1.0, 1.0]], **D)
 
 
-def _accumulated_step(batches, problem_kwargs=None, on_nonfinite="raise"):
-    problem = _Halves(**(problem_kwargs or {}))
-    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
-    optimizer = SimultaneousGDA(
+def _gda(problem, x, **kwargs):
+    """SimultaneousGDA with plain SGD for both players (the accumulation tests' optimizer)."""
+    return SimultaneousGDA(
         problem,
         torch.optim.SGD([x], lr=LR),
         torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
-        dual_restarts=True,
-        on_nonfinite=on_nonfinite,
+        **kwargs,
     )
+
+
+def _accumulated_step(batches, problem_kwargs=None, on_nonfinite="raise"):
+    problem = _Halves(**(problem_kwargs or {}))
+    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+    optimizer = _gda(problem, x, dual_restarts=True, on_nonfinite=on_nonfinite)
     optimizer.zero_grad()
     for rows in batches:
         optimizer.lagrangian(problem.evaluate(x, _ROWS[rows], 1 / len(batches))).backward()
@@ -371,11 +375,7 @@ def test_accumulated_step_grows_penalties_from_the_full_batch_violation():
 def test_accumulation_refuses_micro_batches_with_other_constraints():
     problem = _Halves()
     x = torch.tensor([0.4, 0.2], **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=LR),
-        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
-    )
+    optimizer = _gda(problem, x)
     state = problem.evaluate(x, _ROWS, 0.5)
     optimizer.lagrangian(state)
     only_c = conopt.ProblemState(
@@ -389,30 +389,21 @@ def test_accumulation_refuses_per_batch_multipliers():
     problem = conopt.ConstrainedProblem()
     problem.per_sample = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(4))
     x = torch.tensor([0.4], **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=LR),
-        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
-    )
+    optimizer = _gda(problem, x)
 
     def state(indices):
         value = conopt.ConstraintState(x * torch.ones(2, **D), indices=torch.tensor(indices))
         return conopt.ProblemState(loss=x.sum(), constraints={problem.per_sample: value})
 
     optimizer.lagrangian(state([0, 1]))
-    with pytest.raises(ValueError, match="'per_sample' has a IndexedMultiplier"):
+    with pytest.raises(ValueError, match="'per_sample': its IndexedMultiplier"):
         optimizer.lagrangian(state([2, 3]))
 
 
 def test_one_refused_micro_batch_refuses_the_accumulated_step():
     problem = _Halves()
     x = torch.tensor([0.4, 0.2], **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=LR),
-        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
-        on_nonfinite="skip",
-    )
+    optimizer = _gda(problem, x, on_nonfinite="skip")
     bad = _ROWS.clone()
     bad[0, 0] = float("nan")
     optimizer.zero_grad()
@@ -428,12 +419,7 @@ def test_zero_grad_forgets_an_unapplied_lagrangian():
     _, _, expected = _accumulated_step([halves[1]])
     problem = _Halves()
     x = torch.tensor([0.4, 0.2], **D).requires_grad_()
-    optimizer = SimultaneousGDA(
-        problem,
-        torch.optim.SGD([x], lr=LR),
-        torch.optim.SGD(problem.dual_parameters(), lr=DUAL_LR, maximize=True),
-        dual_restarts=True,
-    )
+    optimizer = _gda(problem, x, dual_restarts=True)
     optimizer.lagrangian(problem.evaluate(x, _ROWS[halves[0]], 1.0))  # abandoned
     optimizer.zero_grad()
     optimizer.lagrangian(problem.evaluate(x, _ROWS[halves[1]], 1.0)).backward()
