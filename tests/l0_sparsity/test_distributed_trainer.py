@@ -32,7 +32,6 @@ import itertools
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,12 +74,6 @@ def _cli_args(output_dir: Path, epochs: int, accumulation: int, resume: bool = F
     return [*args, "--resume"] if resume else args
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _digest(model: torch.nn.Module) -> str:
     hasher = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
@@ -116,9 +109,8 @@ def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a rendezvous on a port the OS picks: no race for a free port
         "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
         __file__,
         str(root / "run"),
         str(accumulation),
