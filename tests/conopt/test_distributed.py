@@ -2,8 +2,6 @@
 
 import contextlib
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -70,35 +68,31 @@ def train(rank: int, world_size: int):
 
 
 @contextlib.contextmanager
-def _process_group(rank: int, world_size: int, port: int):
-    """A gloo group on this spawned process, float64 default as tests/conopt/conftest.py sets."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _process_group(rank: int, world_size: int, store: str):
+    """A gloo group on this spawned process, float64 default as tests/conopt/conftest.py sets.
+
+    The ranks meet through a file (``store``), not a TCP port: no race for a free port.
+    """
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         yield
     finally:
         dist.destroy_process_group()
 
 
-def _worker(rank: int, world_size: int, port: int, out: dict):
-    with _process_group(rank, world_size, port):
+def _worker(rank: int, world_size: int, store: str, out: dict):
+    with _process_group(rank, world_size, store):
         out[rank] = train(rank, world_size)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_ranks_keep_identical_multipliers_equal_to_one_process():
+def test_two_ranks_keep_identical_multipliers_equal_to_one_process(tmp_path):
     """After K steps the multipliers agree on both ranks and with a single-process run (1e-6)."""
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
     single = train(0, 1)
     for name, value in single.items():
         assert torch.equal(out[0][name], out[1][name]), f"{name} differs across ranks"
@@ -131,8 +125,8 @@ class MeanBudget(conopt.ConstrainedProblem):
         )
 
 
-def _uneven_worker(rank: int, world_size: int, port: int, out: dict):
-    with _process_group(rank, world_size, port):
+def _uneven_worker(rank: int, world_size: int, store: str, out: dict):
+    with _process_group(rank, world_size, store):
         values = torch.arange(16.0) / 16
         shard = values[:5] if rank == 0 else values[5:]  # 5 and 11 samples
         problem = MeanBudget()
@@ -142,18 +136,18 @@ def _uneven_worker(rank: int, world_size: int, port: int, out: dict):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_uneven_shards_with_counts_give_the_global_mean():
+def test_uneven_shards_with_counts_give_the_global_mean(tmp_path):
     """Σ n_r v_r / Σ n_r over ranks equals the mean over all samples."""
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_uneven_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_uneven_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
     expected = float((torch.arange(16.0) / 16).mean() - 0.1)
     assert out[0][0] == out[1][0] == pytest.approx(expected, abs=1e-12)
     assert float(out[0][1]) == pytest.approx(expected, abs=1e-12)
 
 
-def _nonfinite_worker(rank: int, world_size: int, port: int, out: dict):
-    with _process_group(rank, world_size, port):
+def _nonfinite_worker(rank: int, world_size: int, store: str, out: dict):
+    with _process_group(rank, world_size, store):
         values = torch.tensor([math.nan]) if rank == 1 else torch.tensor([0.5])
         results = {}
         for policy in ("raise", "skip"):
@@ -168,11 +162,11 @@ def _nonfinite_worker(rank: int, world_size: int, port: int, out: dict):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_a_nonfinite_value_on_one_rank_refuses_the_step_on_every_rank():
+def test_a_nonfinite_value_on_one_rank_refuses_the_step_on_every_rank(tmp_path):
     """The rank with the NaN names it; the other says it came from another rank; skip skips both."""
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_nonfinite_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_nonfinite_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
     assert "constraint 'mean'" in out[1]["raise"] and "NaN" in out[1]["raise"]
     assert "not finite on another rank" in out[0]["raise"]
     assert out[0]["skip"] == out[1]["skip"] == (1, 0.0)
