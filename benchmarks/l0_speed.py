@@ -28,7 +28,7 @@ are medians over rounds and ratios medians of the per-round ratios. Run (no flag
 section)::
 
     python benchmarks/l0_speed.py [--train] [--purge] [--gpu] [--rounds 15] [--models mlp]
-        [--pin-heap]
+        [--batch 512] [--pin-heap]
 """
 
 from __future__ import annotations
@@ -541,6 +541,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="(c) CUDA training throughput")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--models", default=None, help="comma-separated models for (a), (b)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="(a) batch size for every model (default: each's)"
+    )
     parser.add_argument("--gpu-batch", type=int, default=128)
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument(
@@ -559,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if every or args.train:
         names = chosen or ["mlp", "lenet5", "resnet18_cifar"]
-        train_overhead([m for m in names if m in TRAIN_SPECS], args.rounds)
+        train_overhead([m for m in names if m in TRAIN_SPECS], args.rounds, batch=args.batch)
     if every or args.purge:
         names = chosen or list(PURGE_SPECS)
         purge_speed([m for m in names if m in PURGE_SPECS], rounds=args.rounds)
