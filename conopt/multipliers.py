@@ -89,7 +89,11 @@ class Multiplier(nn.Module):
     def restart_(
         self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Set the multipliers of strictly ``feasible`` entries, and their optimizer state, to 0."""
+        """Set the multipliers of strictly ``feasible`` entries, and their optimizer state, to 0.
+
+        The optimizer state reset is the per-entry one (momentum, moments); counters such as
+        Adam's ``step`` keep counting the parameter's updates.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not support dual restarts.")
 
 
@@ -101,11 +105,15 @@ def _initial_weight(shape: torch.Size, init: float | torch.Tensor) -> torch.Tens
 
 
 def _same_shape_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
-    """Per-entry state tensors (momentum, moments, ...) of ``param`` in ``optimizer``."""
+    """Per-entry state tensors (momentum, moments, ...) of ``param`` in ``optimizer``.
+
+    The ``step`` counter of torch's optimizers counts the parameter's updates, not an entry's;
+    it is left out even when it has the parameter's shape (a 0-d counter of a scalar).
+    """
     return [
         buffer
-        for buffer in optimizer.state.get(param, {}).values()
-        if isinstance(buffer, torch.Tensor) and buffer.shape == param.shape
+        for key, buffer in optimizer.state.get(param, {}).items()
+        if key != "step" and isinstance(buffer, torch.Tensor) and buffer.shape == param.shape
     ]
 
 

@@ -470,6 +470,29 @@ def test_restarts_zero_multiplier_and_optimizer_state_of_strictly_feasible_entri
         assert torch.equal(state[name][1:], reference_state[name][1:]), name
 
 
+@pytest.mark.parametrize("shape", [(), (3,)], ids=["scalar", "vector"])
+def test_restarts_keep_the_dual_optimizers_step_counter(shape):
+    """Adam's ``step`` counts the parameter's updates, not an entry's: no restart resets it.
+
+    A scalar multiplier's 0-d counter has the multiplier's shape; it must not be taken for
+    per-entry state.
+    """
+    problem = conopt.ConstrainedProblem()
+    problem.c = conopt.Constraint("<=", shape, multiplier=conopt.DenseMultiplier(init=1.0))
+    x = torch.zeros((), **D).requires_grad_()
+    dual = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
+    optimizer = SimultaneousGDA(problem, torch.optim.SGD([x], lr=LR), dual, dual_restarts=True)
+    for value in (1.0, 1.0, -1.0):  # violated twice, then strictly feasible: restarted
+        g = torch.full(shape, value, **D)
+        optimizer.step(
+            lambda g=g: conopt.ProblemState(loss=(x**2).sum(), constraints={problem.c: g + 0 * x})
+        )
+    state = dual.state[problem.c.multiplier.weight]
+    assert (problem.c.multiplier.weight == 0).all()
+    assert (state["exp_avg"] == 0).all() and (state["exp_avg_sq"] == 0).all()
+    assert int(state["step"]) == 3
+
+
 def test_restarts_leave_equality_multipliers_alone():
     problem, x, optimizer = _setup(kind="==", dual_restarts=True)
     optimizer.step(lambda: problem.evaluate(x))
