@@ -172,7 +172,9 @@ class ProblemState:
         ``k`` equal micro-batches): conopt sums the micro-batches' values for the dual step,
         restarts and the report, so the weighted sum is the full batch's mean (see
         :meth:`~conopt.optim.constrained.ConstrainedOptimizer.lagrangian`). Strict values are
-        scaled too; indices, features, counts and extras are kept.
+        scaled too; counts and extras are kept. Per-sample constraints (a
+        :class:`ConstraintState` with ``indices`` or ``features``) are left as they are: each
+        sample belongs to one micro-batch, and conopt concatenates them.
 
         Args:
             weight: The factor.
@@ -193,6 +195,8 @@ class ProblemState:
         def scale(value: torch.Tensor | ConstraintState) -> torch.Tensor | ConstraintState:
             if not isinstance(value, ConstraintState):
                 return value * weight
+            if value.indices is not None or value.features is not None:
+                return value  # per-sample values: not a share of a batch mean
             strict = value.strict_value
             return replace(
                 value,

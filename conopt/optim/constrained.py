@@ -327,8 +327,9 @@ class ConstrainedOptimizer:
 
         Gradient accumulation: call it once per micro-batch (each followed by ``backward()``),
         then :meth:`apply` once. The dual gradients, restarts, penalty updates and the report all
-        use the sum of the micro-batches' values, so weight each micro-batch's loss and
-        constraints by ``1/k`` to get the full batch's means (see
+        use the sum of the micro-batches' values (per-sample constraints: their concatenation),
+        so weight each micro-batch's state by its share of the batch
+        (:meth:`~conopt.problem.ProblemState.scaled`) to get the full batch's means (see
         :meth:`~conopt.optim.lagrangian.AssembledLagrangian.accumulated`). One refused
         micro-batch (non-finite, with ``on_nonfinite="skip"``) refuses the whole step.
         """

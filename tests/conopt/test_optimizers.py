@@ -385,19 +385,86 @@ def test_accumulation_refuses_micro_batches_with_other_constraints():
         optimizer.lagrangian(only_c)
 
 
-def test_accumulation_refuses_per_batch_multipliers():
-    problem = conopt.ConstrainedProblem()
-    problem.per_sample = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(4))
-    x = torch.tensor([0.4], **D).requires_grad_()
-    optimizer = _gda(problem, x)
+class _PerSample(conopt.ConstrainedProblem):
+    """A batch-mean constraint and a per-sample one (IndexedMultiplier), in one group."""
 
-    def state(indices):
-        value = conopt.ConstraintState(x * torch.ones(2, **D), indices=torch.tensor(indices))
-        return conopt.ProblemState(loss=x.sum(), constraints={problem.per_sample: value})
+    def __init__(self):
+        super().__init__()
+        self.mean = conopt.Constraint("<=", multiplier=conopt.DenseMultiplier(init=0.2))
+        self.each = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(6, init=0.3))
 
-    optimizer.lagrangian(state([0, 1]))
-    with pytest.raises(ValueError, match="'per_sample': its IndexedMultiplier"):
-        optimizer.lagrangian(state([2, 3]))
+    def evaluate(self, x, rows):
+        values = _SAMPLES[rows] * x.sum()
+        return conopt.ProblemState(
+            loss=(x**2).sum() + values.mean(),
+            constraints={
+                self.mean: values.mean() - 0.2,
+                self.each: conopt.ConstraintState(values, indices=rows),
+            },
+        )
+
+
+# Per-sample values at x = [0.4, 0.2]: rows 1 and 4 strictly feasible (restarted), 0 and 3
+# violated, 2 and 5 exactly 0.
+_SAMPLES = torch.tensor([1.0, -2.0, 0.0, 3.0, -1.0, 0.0], **D)
+
+
+def _per_sample_step(batches):
+    problem = _PerSample()
+    x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+    optimizer = _gda(problem, x, dual_restarts=True)
+    optimizer.zero_grad()
+    for rows in batches:
+        state = problem.evaluate(x, rows).scaled(len(rows) / 6)
+        optimizer.lagrangian(state).backward()
+    return problem, x.detach(), optimizer.apply()
+
+
+def test_accumulation_concatenates_per_sample_constraints_and_sums_the_others():
+    problem, x, report = _per_sample_step([torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])])
+    full_problem, x_full, full = _per_sample_step([torch.arange(6)])
+    assert torch.allclose(x, x_full)
+    for name in ("mean", "each"):
+        ours = getattr(problem, name).multiplier.weight.detach()
+        theirs = getattr(full_problem, name).multiplier.weight.detach()
+        assert torch.allclose(ours, theirs), name
+        assert torch.allclose(report.constraints[name].value, full.constraints[name].value)
+        assert torch.allclose(
+            report.constraints[name].multiplier, full.constraints[name].multiplier
+        )
+    each = problem.each.multiplier.weight.detach()
+    assert each[1] == 0 and each[4] == 0 and each[0] > 0.3  # restarts, from every micro-batch
+    assert report.constraints["each"].value.shape == (6,)
+    assert report.kkt.max_violation == pytest.approx(full.kkt.max_violation)
+
+
+def test_accumulation_concatenates_implicit_multiplier_constraints():
+    features = torch.tensor([[1.0, 0.0], [0.5, 1.0], [-1.0, 2.0], [0.0, -1.0]], **D)
+
+    def run(batches):
+        torch.manual_seed(0)
+        model = nn.Linear(2, 1, **D)
+        problem = conopt.ConstrainedProblem()
+        problem.each = conopt.Constraint("<=", 1, multiplier=conopt.ImplicitMultiplier(model))
+        x = torch.tensor([0.4, 0.2], **D).requires_grad_()
+        optimizer = _gda(problem, x)
+        optimizer.zero_grad()
+        for rows in batches:
+            values = (features[rows] @ x).unsqueeze(1) + 0.1
+            state = conopt.ProblemState(
+                loss=(x**2).sum(),
+                constraints={problem.each: conopt.ConstraintState(values, features=features[rows])},
+            )
+            optimizer.lagrangian(state.scaled(len(rows) / 4)).backward()
+        report = optimizer.apply()
+        return x.detach(), [p.detach().clone() for p in model.parameters()], report
+
+    x, params, report = run([torch.tensor([0, 1]), torch.tensor([2, 3])])
+    x_full, params_full, full = run([torch.arange(4)])
+    assert torch.allclose(x, x_full)
+    for ours, theirs in zip(params, params_full, strict=True):
+        assert torch.allclose(ours, theirs)
+    assert torch.allclose(report.constraints["each"].value, full.constraints["each"].value)
 
 
 def test_one_refused_micro_batch_refuses_the_accumulated_step():

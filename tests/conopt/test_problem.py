@@ -287,15 +287,17 @@ def test_extras_are_carried_but_unused():
 
 def test_scaled_state_scales_loss_values_and_strict_values_and_keeps_the_rest():
     plain, proxy = conopt.Constraint("<="), conopt.Constraint("==", 2)
-    indices = torch.tensor([0, 3])
+    per_sample = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(5))
+    sample_state = conopt.ConstraintState(torch.tensor([1.0, -1.0]), indices=torch.tensor([0, 3]))
     state = conopt.ProblemState(
         loss=torch.tensor(3.0),
         constraints={
             plain: torch.tensor(-2.0),
             proxy: conopt.ConstraintState(
-                torch.tensor([1.0, 4.0]), strict_value=torch.tensor([2.0, 8.0]), indices=indices
+                torch.tensor([1.0, 4.0]), strict_value=torch.tensor([2.0, 8.0]), count=7
             ),
             "by_name": torch.tensor(6.0),
+            per_sample: sample_state,
         },
         extras={"logits": "kept"},
     )
@@ -306,7 +308,8 @@ def test_scaled_state_scales_loss_values_and_strict_values_and_keeps_the_rest():
     scaled_proxy = third.constraints[proxy]
     assert torch.allclose(scaled_proxy.value, torch.tensor([1 / 3, 4 / 3]))
     assert torch.allclose(scaled_proxy.strict_value, torch.tensor([2 / 3, 8 / 3]))
-    assert scaled_proxy.indices is indices and third.extras == {"logits": "kept"}
+    assert scaled_proxy.count == 7 and third.extras == {"logits": "kept"}
+    assert third.constraints[per_sample] is sample_state  # per-sample values are not shares
     assert state.loss.item() == 3.0  # the original is unchanged
 
 
