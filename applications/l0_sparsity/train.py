@@ -582,6 +582,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
         loss_sum = correct = seen = 0.0
         skipped = 0
         report = None
+        where = f"epoch {epoch + 1}" + (f" (rank {context.rank})" if context.enabled else "")
         for inputs, targets, _ in _progress(
             train_loader, config.progress and context.is_main, f"epoch {epoch + 1}/{config.epochs}"
         ):
@@ -596,7 +597,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
                 optimizer=optimizer,
                 scaler=scaler,
                 dtype=dtype,
-                where=f"epoch {epoch + 1}" + (f" (rank {context.rank})" if context.enabled else ""),
+                where=where,
             )
             if outcome is None:  # refused: nothing changed
                 skipped += 1
@@ -718,7 +719,7 @@ def _step(
         )
     )
     skipped_before = optimizer.skipped_steps
-    loss_sum = correct = 0.0
+    totals: torch.Tensor | None = None  # summed cross-entropy and hits, left on the device
     for i, (micro_inputs, micro_targets) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else _no_sync(model):
@@ -738,12 +739,17 @@ def _step(
                 optimizer.zero_grad()
                 return None
             (scaler.scale(lagrangian) if scaler is not None else lagrangian).backward()
-        loss_sum += float(state.extras["cross_entropy"]) * micro_targets.numel()
-        correct += float((state.extras["logits"].argmax(dim=1) == micro_targets).sum())
+        hits = state.extras["logits"].argmax(dim=1) == micro_targets
+        counts = torch.stack(
+            [state.extras["cross_entropy"].double() * micro_targets.numel(), hits.sum().double()]
+        )
+        totals = counts if totals is None else totals + counts
     report = optimizer.apply(scaler=scaler)
     if scaler is not None:
         scaler.update()
     optimizer.zero_grad()
+    assert totals is not None
+    loss_sum, correct = totals.tolist()  # the step's one host synchronization for metrics
     return report, loss_sum, correct
 
 

@@ -244,32 +244,41 @@ def test_one_primal_optimizer_whose_schedule_decays_the_weights_only():
     assert rates == [[0.01, 0.5], [0.01, 0.5], [0.001, 0.5], [0.001, 0.5]]
 
 
-def test_accumulated_micro_batches_step_like_the_whole_batch(tmp_path, monkeypatch):
-    # Median gates make the forward pass deterministic, so that two micro-batches (each with
-    # its own gate draw otherwise) must give the whole batch's gradient up to float rounding.
+@pytest.fixture
+def median_gates(monkeypatch):
+    """Deterministic forward passes: every gate "sample" is the median gate.
+
+    Micro-batches otherwise draw their own gates, so only then must accumulated micro-batches
+    give the whole batch's gradient up to float rounding.
+    """
     monkeypatch.setattr(
         HardConcrete, "sample", lambda self, log_alpha, generator=None: self.median(log_alpha)
     )
-    config = SMOKE.replace(epochs=1, batch_size=64)
+
+
+def _whole_and_split(tmp_path, batch_size: int, accumulation_steps: int):
+    """One epoch with whole batches and one with micro-batches; same parameters at the end."""
+    config = SMOKE.replace(epochs=1, batch_size=batch_size)
     whole = train(config.replace(output_dir=str(tmp_path / "whole")))
-    split = train(config.replace(accumulation_steps=2, output_dir=str(tmp_path / "split")))
+    split = train(
+        config.replace(accumulation_steps=accumulation_steps, output_dir=str(tmp_path / "split"))
+    )
     for name, value in whole.model.state_dict().items():
         torch.testing.assert_close(split.model.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    return whole, split
+
+
+def test_accumulated_micro_batches_step_like_the_whole_batch(tmp_path, median_gates):
+    whole, split = _whole_and_split(tmp_path, batch_size=64, accumulation_steps=2)
     for key in ("multiplier/density", "expected_density", "train_loss", "train_error"):
         assert split.final[key] == pytest.approx(whole.final[key], rel=1e-4, abs=1e-6)
     steps = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["optimizer"]["step_count"]
     assert steps == 1024 // 64  # one step per batch, not per micro-batch
 
 
-def test_uneven_micro_batches_are_weighted_by_their_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        HardConcrete, "sample", lambda self, log_alpha, generator=None: self.median(log_alpha)
-    )
-    config = SMOKE.replace(epochs=1, batch_size=60)  # 1024 = 17 × 60 + 4: a short last batch
-    whole = train(config.replace(output_dir=str(tmp_path / "whole")))
-    split = train(config.replace(accumulation_steps=7, output_dir=str(tmp_path / "split")))
-    for name, value in whole.model.state_dict().items():
-        torch.testing.assert_close(split.model.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+def test_uneven_micro_batches_are_weighted_by_their_size(tmp_path, median_gates):
+    # 1024 = 17 × 60 + 4: a short last batch, split 7 ways unevenly
+    whole, split = _whole_and_split(tmp_path, batch_size=60, accumulation_steps=7)
     assert split.final["train_loss"] == pytest.approx(whole.final["train_loss"], rel=1e-4)
 
 
