@@ -16,10 +16,14 @@ multipliers must stay identical on every rank, so their updates must use *global
   as DDP does for any model.
 
 Nothing here runs (or costs anything) unless a process group of more than one rank is initialized.
+
+Importing conopt also imports ``torch.distributed.nn.functional`` while no process group exists
+yet: see ``_bind_collective_defaults_before_any_group`` for why a clean exit depends on it.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +36,27 @@ __all__ = [
     "all_reduce_values_",
     "world_size",
 ]
+
+
+def _bind_collective_defaults_before_any_group() -> None:
+    """Import ``torch.distributed.nn.functional`` now, while no process group exists.
+
+    That module's collectives take ``group=group.WORLD`` as a default argument, which Python
+    evaluates once, at the module's first import. ``DistributedDataParallel``'s constructor
+    imports it (through ``torch._dynamo``); when that first import happens while a process group
+    exists, the defaults keep ten references to that group for the life of the process, so
+    ``destroy_process_group()`` cannot free it. Its gloo worker threads then live on into
+    interpreter shutdown, and one that is still releasing a finished collective's tensors there
+    needs the GIL, which a finalizing interpreter refuses by ending the thread: the process
+    aborts with "terminate called without an active exception" (SIGABRT), and ``torchrun``
+    reports the job failed although training finished. Imported before any group exists, the
+    defaults are ``None`` and ``destroy_process_group()`` joins the worker threads.
+    """
+    if dist.is_available():
+        importlib.import_module("torch.distributed.nn.functional")
+
+
+_bind_collective_defaults_before_any_group()
 
 
 def world_size() -> int:

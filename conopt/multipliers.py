@@ -10,12 +10,19 @@ Lagrangian). After each dual step the constrained optimizer projects inequality 
   <conopt.problem.ConstraintState.indices>`. Its gradient is dense (zeros for unused rows), so
   it works with Adam and with ``torch.distributed`` all-reduce.
 * :class:`ImplicitMultiplier`: a model predicting multipliers from features.
+
+Dense and indexed multipliers are created in the default dtype and follow their constraints'
+values: the first step whose values (promoted to at least ``float32``) are wider than a
+multiplier widens it, with its gradient and its dual optimizer state, before the multiplier's
+gradient is written (see :meth:`Multiplier.follow_dtype_`). A multiplier is never narrowed, and
+loading a wider ``state_dict`` widens it too, so a resumed run continues in the same dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +31,55 @@ from conopt import distributed
 
 if TYPE_CHECKING:
     from conopt.problem import ConstraintState
+
+
+_DTYPE_EPOCH = [0]
+"""Counts the changes of any multiplier's dtype (see :func:`dtype_epoch`)."""
+
+
+def dtype_epoch() -> int:
+    """A number that changes whenever the parameters of some multiplier may have changed dtype.
+
+    It changes on :meth:`Multiplier.follow_dtype_`, ``Module.to()`` (and ``double()``,
+    ``cuda()``, ...) and when a ``state_dict`` widens a multiplier: what the hot path caches
+    about the multipliers' dtypes is valid while it stays the same.
+
+    Returns:
+        The current epoch.
+    """
+    return _DTYPE_EPOCH[0]
+
+
+def _new_dtype_epoch() -> None:
+    _DTYPE_EPOCH[0] += 1
+
+
+def _widen_(
+    param: torch.Tensor, dtype: torch.dtype, optimizer: torch.optim.Optimizer | None
+) -> bool:
+    """Cast ``param`` (and its gradient) to the wider ``dtype``; return whether it changed.
+
+    The floating-point state that ``optimizer`` keeps for ``param`` (momentum, moments, ...),
+    when narrower than ``dtype``, is cast too; the ``step`` counter keeps its dtype, as torch's
+    ``Optimizer.load_state_dict`` keeps it. Widening is exact: no value changes.
+    """
+    changed = param.dtype != dtype
+    with torch.no_grad():
+        if changed:
+            param.data = param.data.to(dtype)
+            if param.grad is not None:
+                param.grad = param.grad.to(dtype)
+        state = None if optimizer is None else optimizer.state.get(param)
+        for key, value in list((state or {}).items()):
+            if (
+                key != "step"
+                and isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and value.dtype != dtype
+                and torch.promote_types(value.dtype, dtype) == dtype
+            ):
+                state[key] = value.to(dtype)  # type: ignore[index]
+    return changed
 
 
 class Multiplier(nn.Module):
@@ -73,6 +129,87 @@ class Multiplier(nn.Module):
     def projection_targets(self) -> list[torch.Tensor]:
         """Parameters to clamp at zero after each dual step (empty for equality multipliers)."""
         return []
+
+    def safe_state(self, state: ConstraintState) -> tuple[ConstraintState, torch.Tensor | None]:
+        """``state`` made safe to read this multiplier with, without a host synchronization.
+
+        Multipliers that index their weight with the state (:class:`IndexedMultiplier`) check
+        host indices at once; for device indices they return a state whose indices are clamped
+        into range, and a 0-d boolean tensor that is ``True`` if some were not in range: the
+        caller refuses the step then, at its one host synchronization, with
+        :meth:`state_error`. Others return ``(state, None)``.
+
+        Args:
+            state: The constraint's state of this step.
+
+        Returns:
+            The state to read the multiplier with, and the flag (or ``None``).
+
+        Raises:
+            ValueError: The state cannot be used (indices out of range on the host, or of a
+                float dtype).
+        """
+        return state, None
+
+    def state_error(self, state: ConstraintState) -> str | None:
+        """What is wrong with ``state`` for this multiplier (synchronizes), or ``None``."""
+        return None
+
+    def follow_dtype_(
+        self, dtype: torch.dtype, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Widen the weights to ``dtype``, the dtype of the constraint's values, if narrower.
+
+        The weights keep their identity (the dual optimizer keeps driving them); their gradients
+        and the per-parameter state of ``optimizer`` are cast alike. Weights are never narrowed.
+
+        Args:
+            dtype: The dtype the weights should have at least.
+            optimizer: The dual optimizer, whose state of the weights is cast too.
+        """
+        changed = False
+        for param in self._parameters.values():
+            if param is None or not param.is_floating_point():
+                continue
+            if torch.promote_types(param.dtype, dtype) == dtype:
+                changed = _widen_(param, dtype, optimizer) or changed
+        if changed:
+            _new_dtype_epoch()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # Module.to(), double(), cuda(), ...: the parameters may change dtype.
+        _new_dtype_epoch()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A wider saved weight (the multiplier followed float64 values, say) widens this one
+        # first, so that loading it is exact and the resumed run continues bit for bit.
+        changed = False
+        for name, param in self._parameters.items():
+            saved = state_dict.get(prefix + name)
+            if (
+                param is not None
+                and isinstance(saved, torch.Tensor)
+                and saved.shape == param.shape
+                and saved.is_floating_point()
+                and param.is_floating_point()
+            ):
+                wider = torch.promote_types(param.dtype, saved.dtype)
+                changed = _widen_(param, wider, None) or changed
+        if changed:
+            _new_dtype_epoch()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def add_dual_gradient_(self, state: ConstraintState | None, direction: torch.Tensor) -> None:
         r"""Accumulate the ascent ``direction`` into the weight's gradient.
@@ -279,6 +416,11 @@ class IndexedMultiplier(Multiplier):
 
     gradient_reduction: ClassVar[str | None] = "sum"  # each rank owns its samples' rows
 
+    host_checked_devices: ClassVar[frozenset[str]] = frozenset({"cpu"})
+    """Device types whose indices are range-checked as soon as a step reads them (reading them
+    needs no device synchronization). Indices elsewhere are clamped and checked at the step's
+    one host synchronization instead (see :meth:`Multiplier.safe_state`)."""
+
     def __init__(self, num_indices: int, *, init: float = 0.0) -> None:
         super().__init__()
         if num_indices <= 0:
@@ -302,6 +444,39 @@ class IndexedMultiplier(Multiplier):
 
     def value(self, state: ConstraintState | None) -> torch.Tensor:  # noqa: D102
         return self.weight.index_select(0, self._indices(state).reshape(-1))
+
+    def safe_state(  # noqa: D102
+        self, state: ConstraintState
+    ) -> tuple[ConstraintState, torch.Tensor | None]:
+        indices = self._indices(state)
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"the indices of an IndexedMultiplier must be an int64 or int32 tensor, got "
+                f"{indices.dtype}."
+            )
+        if indices.device.type in self.host_checked_devices:
+            # Reading host indices synchronizes nothing: refuse bad ones right away.
+            if indices.numel():
+                low, high = torch.aminmax(indices)
+                if low.item() < 0 or high.item() >= self.num_indices:
+                    raise ValueError(f"{self.state_error(state)}; the step was refused.")
+            return state, None
+        # Clamped, device indices are safe to read the weight with (on CUDA an index out of
+        # range would kill the process); whether any was clamped is read at the step's one host
+        # synchronization, where the step is refused.
+        safe = indices.clamp(0, self.num_indices - 1)
+        return replace(state, indices=safe), (safe != indices).any()
+
+    def state_error(self, state: ConstraintState) -> str | None:  # noqa: D102
+        indices = self._indices(state).reshape(-1)
+        outside = indices[(indices < 0) | (indices >= self.num_indices)]
+        if outside.numel() == 0:
+            return None
+        return (
+            f"indices must be in [0, {self.num_indices}) (the IndexedMultiplier's num_indices), "
+            f"got {outside.numel()} outside it: {outside[:5].tolist()}"
+            f"{' ...' if outside.numel() > 5 else ''}"
+        )
 
     def expected_shape(self, state: ConstraintState) -> torch.Size:  # noqa: D102
         return torch.Size((self._indices(state).numel(), *self.constraint_shape))
@@ -376,3 +551,8 @@ class ImplicitMultiplier(Multiplier):
 
     def expected_shape(self, state: ConstraintState) -> torch.Size:  # noqa: D102
         return torch.Size((self._features(state).shape[0], *self.constraint_shape))
+
+    def follow_dtype_(
+        self, dtype: torch.dtype, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Nothing: the multipliers have the dtype of the model's predictions, set by its user."""

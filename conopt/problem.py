@@ -51,7 +51,9 @@ class Constraint(nn.Module):
             :class:`~conopt.formulations.Lagrangian`.
         multiplier: The Lagrange multiplier. Defaults to a zero-initialized
             :class:`~conopt.multipliers.DenseMultiplier` of ``shape`` when the formulation uses
-            multipliers, and to none otherwise.
+            multipliers, and to none otherwise. It is created in the default dtype and widened
+            to the dtype of the constraint's values at the first step that reports wider ones
+            (float64 values give float64 multipliers; see :mod:`conopt.multipliers`).
         reduction: How values computed from each rank's data are combined across
             ``torch.distributed`` ranks before the dual update: ``"mean"`` (default, right for
             data-dependent constraints and harmless for parameter-only ones) or ``"sum"``;

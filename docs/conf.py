@@ -8,6 +8,9 @@ Build (what ``bash scripts/docs.sh`` runs)::
 The build works offline. Intersphinx links to Python, PyTorch and NumPy are configured but only
 fetched when ``CONOPT_DOCS_INTERSPHINX=1`` is set (the inventories come from the internet);
 without it, references to those projects render as plain text and never warn.
+
+Math renders offline too: MathJax is served from the site's own ``_static/mathjax/`` (copied
+from the ``django-static-mathjax`` wheel by ``docs/_ext/local_mathjax.py``), never from a CDN.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "local_mathjax",  # docs/_ext/local_mathjax.py: MathJax files copied into _static/mathjax
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
     "sphinx_gallery.gen_gallery",
     "conopt_docs",  # docs/_ext/conopt_docs.py: API pages, preset table, reference checks
+    "snippet_check",  # docs/_ext/snippet_check.py: every testcode/doctest group imports its names
 ]
 
 # --------------------------------------------------------------------------- intersphinx
@@ -115,6 +120,8 @@ html_theme_options = {
     "sidebar_hide_name": False,
     "navigation_with_keys": True,
 }
+# MathJax 3.2.2 from the site's own files (see docs/_ext/local_mathjax.py); relative to _static.
+mathjax_path = "mathjax/tex-mml-chtml.js"
 pygments_style = "friendly"
 pygments_dark_style = "monokai"
 

@@ -4,7 +4,12 @@ Subcommands:
 
 * ``train --preset NAME [--FIELD VALUE ...]``: train; every field of
   :class:`~l0_sparsity.presets.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
-  ``--layer-targets 0.2,0.3``, ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``).
+  ``--layer-targets 0.2,0.3``, ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``,
+  ``--overwrite``). ``--target``, ``--layer-targets`` and ``--penalty`` each choose the
+  constraint mode, replacing the preset's: at most one of them is given. An ``--output-dir``
+  that holds a run is refused unless ``--resume`` continues it or ``--overwrite`` replaces it.
+  One line is printed per epoch; the last line (``done: ...``) says when the target was missed;
+  Ctrl-C names the last saved epoch and the command that resumes the run.
 * ``presets``: list the presets and their settings.
 * ``demo``: the CPU demonstration: MNIST-5k MLP at target density 0.35, then the same run with a
   fixed penalty, and a table of the outcomes.
@@ -13,26 +18,55 @@ Subcommands:
 
 User errors (bad values, unknown names, missing data, corrupted checkpoints, checkpoints of
 another run) end with one line on stderr and exit code 2, without a traceback, before any file
-is written. A run refused for a NaN/Inf loss or constraint (``--on-nonfinite raise``, the
-default) ends the same way with exit code 1.
+is written; so does an output path that cannot be written, and a ``--resume`` whose checkpoint
+already holds ``--epochs`` epochs (nothing to do). A run refused for a NaN/Inf loss or
+constraint (``--on-nonfinite raise``, the default) ends the same way with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import shlex
 import sys
 import typing
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from conopt.optim.lagrangian import NonFiniteError
 from l0_sparsity.checkpoint import CheckpointError, one_line
-from l0_sparsity.data import DatasetNotFoundError
-from l0_sparsity.presets import PRESETS, TrainConfig, get_preset
+from l0_sparsity.data import DATASETS, DatasetNotFoundError
+from l0_sparsity.models import MODELS
+from l0_sparsity.presets import (
+    AMP_MODES,
+    DEVICES,
+    ON_NONFINITE,
+    OPTIMIZERS,
+    PRESETS,
+    TrainConfig,
+    field_docs,
+    get_preset,
+)
+
+if TYPE_CHECKING:
+    from l0_sparsity.train import TrainResult
 
 EXIT_TRAINING_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+MODE_FIELDS = ("target", "layer_targets", "penalty")
+"""The fields that choose the constraint mode: at most one of them is given as a flag."""
+TARGET_TOLERANCE = 0.01
+"""How far above its target a final expected density may be before ``done:`` calls it missed
+(one percentage point: the constrained runs end within it, e.g. 0.3525 against 0.35)."""
+_PLAIN_CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "device": DEVICES,
+    "amp": AMP_MODES,
+    "on_nonfinite": ON_NONFINITE,
+}
+_NAMED_CHOICES = {"model": MODELS, "dataset": DATASETS}
 
 
 class UserError(Exception):
@@ -52,6 +86,26 @@ class _Parser(argparse.ArgumentParser):
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _known(kind: str, names: Iterable[str]) -> Callable[[str], str]:
+    """A converter accepting the registered ``names``; others are "unknown {kind}" errors."""
+    valid = list(names)
+
+    def convert(text: str) -> str:
+        if text not in valid:
+            raise argparse.ArgumentTypeError(
+                f"unknown {kind} {text!r}; valid {kind}s: {', '.join(valid)}"
+            )
+        return text
+
+    convert.__name__ = kind
+    return convert
+
+
+def _summary(text: str) -> str:
+    """The first sentence of a field's description: its one-line help."""
+    return re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0]
 
 
 def _comma_separated(item: type) -> Any:
@@ -78,32 +132,52 @@ def _parser_for(annotation: Any) -> tuple[Any, bool]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field; unset flags keep the preset's value."""
+    """One flag per :class:`TrainConfig` field; unset flags keep the preset's value.
+
+    Each flag's help is the first sentence of its field's description in the
+    ``TrainConfig`` docstring (:func:`~l0_sparsity.presets.field_docs`); the fields with a
+    fixed set of values list them as argparse ``choices``.
+
+    Args:
+        parser: The ``train`` subcommand's parser.
+    """
     hints = typing.get_type_hints(TrainConfig)
+    docs = field_docs()
     for field in dataclasses.fields(TrainConfig):
         if field.name == "preset":
             continue
         converter, is_bool = _parser_for(hints[field.name])
+        options: dict[str, Any] = {"dest": field.name, "default": None}
         if is_bool:
-            parser.add_argument(
-                _flag(field.name),
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"(preset: {field.default})",
-            )
+            options["action"] = argparse.BooleanOptionalAction
         else:
-            parser.add_argument(
-                _flag(field.name),
-                dest=field.name,
-                type=converter,
-                default=None,
-                help=f"(default: preset's; base {field.default})",
-            )
+            options["type"] = converter
+        if field.name in _PLAIN_CHOICES:
+            options["choices"] = _PLAIN_CHOICES[field.name]
+        elif field.name in _NAMED_CHOICES:
+            options["choices"] = list(_NAMED_CHOICES[field.name])
+            options["type"] = _known(field.name, _NAMED_CHOICES[field.name])
+        elif typing.get_origin(hints[field.name]) is tuple:
+            options["metavar"] = "V[,V...]"
+        help_text = _summary(docs[field.name]).replace("%", "%%")
+        parser.add_argument(_flag(field.name), help=help_text, **options)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset named by ``args.preset`` with every given flag applied."""
+    """The preset named by ``args.preset`` with every given flag applied.
+
+    A mode flag (``--target``, ``--layer-targets``, ``--penalty``) chooses the constraint mode:
+    it clears the preset's other two, so that the flag given is the one that counts.
+
+    Args:
+        args: The parsed ``train`` arguments.
+
+    Returns:
+        The run's configuration.
+
+    Raises:
+        UserError: For an unknown preset, or more than one mode flag.
+    """
     try:
         base = get_preset(args.preset)
     except ValueError as error:
@@ -113,6 +187,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         for f in dataclasses.fields(TrainConfig)
         if f.name != "preset" and getattr(args, f.name, None) is not None
     }
+    modes = [name for name in MODE_FIELDS if changes.get(name) not in (None, ())]
+    if len(modes) > 1:
+        raise UserError(
+            f"{' and '.join(_flag(m) for m in modes)} exclude each other: give one of --target "
+            "(model-wise), --layer-targets (layer-wise) or --penalty (penalized baseline)."
+        )
+    if modes:  # the preset's other modes would take precedence over the one asked for
+        cleared = {"layer_targets": (), "penalty": None}
+        changes = {**{k: v for k, v in cleared.items() if k != modes[0]}, **changes}
     return base.replace(**changes)
 
 
@@ -122,8 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="l0-sparsity", description="Train networks to a chosen density with L0 gates."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a gated model to a target density")
-    train.add_argument("--preset", default="mnist_mlp", help=f"one of: {', '.join(PRESETS)}")
+    train = commands.add_parser(
+        "train",
+        help="train a gated model to a target density",
+        description=(
+            "Train a gated model to a target density. Every flag overrides one setting of the "
+            "preset; a flag left out keeps the preset's value (l0-sparsity presets lists "
+            "them). --target, --layer-targets and --penalty each choose the constraint mode: "
+            "give at most one. An --output-dir holding a run needs --resume or --overwrite."
+        ),
+    )
+    train.add_argument(
+        "--preset",
+        default="mnist_mlp",
+        type=_known("preset", PRESETS),
+        choices=list(PRESETS),
+        metavar="NAME",
+        help=f"the preset the other flags override, one of: {', '.join(PRESETS)} "
+        "(default: mnist_mlp)",
+    )
     add_config_flags(train)
     commands.add_parser("presets", help="list the presets")
     demo = commands.add_parser("demo", help="the CPU demo: constrained vs penalized")
@@ -140,15 +240,72 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_train(config: TrainConfig) -> None:
     from l0_sparsity.train import train
 
-    result = train(config)
+    result = train(config, epoch_lines=True, refuse_existing_run=True)
     if result.rank != 0:  # under torchrun, rank 0 reports for all
         return
     final = result.final
     print(
         f"done: test error {final['test_error']:.4f}, expected density "
         f"{final['expected_density']:.4f}, purged density {final['purged_density']:.4f}; "
-        f"files in {result.output_dir}"
+        f"files in {result.output_dir}{target_missed(result)}"
     )
+
+
+def target_missed(result: TrainResult) -> str:
+    """What ``done:`` appends when the final density is above its target, else ``""``.
+
+    A density counts as above its target beyond :data:`TARGET_TOLERANCE`; the penalized mode
+    has no target.
+
+    Args:
+        result: The finished run.
+
+    Returns:
+        ``"; target 0.3000 missed: ..."`` (model-wise), ``"; layer targets missed in ..."``
+        (layer-wise), or ``""``.
+    """
+    final, problem = result.final, result.problem
+    epochs = int(final["epoch"]) + 1
+    targets = problem.targets.reshape(-1).tolist()
+    hint = "more epochs (--epochs) or a larger --dual-lr may reach it"
+    if problem.mode == "model-wise":
+        density, target = final["expected_density"], targets[0]
+        if density - target <= TARGET_TOLERANCE:
+            return ""
+        return (
+            f"; target {target:.4f} missed: expected density {density:.4f} is "
+            f"{density - target:.4f} above it after {_epochs(epochs)} ({hint})"
+        )
+    if problem.mode != "layer-wise":
+        return ""
+    layers = [(k.removeprefix("density/"), v) for k, v in final.items() if k.startswith("density/")]
+    over = [
+        (density - target, name, density, target)
+        for (name, density), target in zip(layers, targets, strict=True)
+        if density - target > TARGET_TOLERANCE
+    ]
+    if not over:
+        return ""
+    excess, name, density, target = max(over)
+    return (
+        f"; layer targets missed in {len(over)} of {len(layers)} layers after {_epochs(epochs)}, "
+        f"most in {name}: density {density:.4f} against {target:.4f} (+{excess:.4f}) ({hint})"
+    )
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
+def _mode_text(preset: TrainConfig) -> str:
+    """The preset's constraint as ``target=...``, ``layer_targets=...`` or ``penalty=...``."""
+    if preset.penalty is not None:
+        return f"penalty={preset.penalty}"
+    if preset.layer_targets:
+        values = ",".join(str(v) for v in preset.layer_targets)
+        every = " (every gated layer)" if len(preset.layer_targets) == 1 else ""
+        return f"layer_targets={values}{every}"
+    return f"target={preset.target}"
 
 
 def _run_presets() -> None:
@@ -156,8 +313,53 @@ def _run_presets() -> None:
         print(
             f"{name}: model={preset.model} dataset={preset.dataset} epochs={preset.epochs} "
             f"optimizer={preset.optimizer} lr={preset.lr} gates_lr={preset.gates_lr} "
-            f"dual_lr={preset.dual_lr} target={preset.target}"
+            f"dual_lr={preset.dual_lr} {_mode_text(preset)}"
         )
+
+
+def _train_options() -> list[str]:
+    """Every option string of the ``train`` subcommand."""
+    hints = typing.get_type_hints(TrainConfig)
+    options = ["--help", "--preset"]
+    for field in dataclasses.fields(TrainConfig):
+        options.append(_flag(field.name))
+        if hints[field.name] is bool:
+            options.append("--no-" + field.name.replace("_", "-"))
+    return options
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The shell command that resumes the ``train`` run of ``argv``.
+
+    ``argv`` with ``--resume`` added and any ``--[no-]resume`` or ``--[no-]overwrite`` (also
+    abbreviated, as argparse accepts) removed.
+
+    Args:
+        argv: The ``l0-sparsity`` arguments of the run (``train ...``).
+
+    Returns:
+        The command, quoted for a POSIX shell.
+    """
+    options = _train_options()
+    dropped = {"--resume", "--no-resume", "--overwrite", "--no-overwrite"}
+
+    def option(token: str) -> str:
+        matches = [o for o in options if o.startswith(token)] if token.startswith("--") else []
+        return token if token in options or len(matches) != 1 else matches[0]
+
+    kept = [token for token in argv if option(token) not in dropped]
+    return shlex.join(["l0-sparsity", *kept, "--resume"])
+
+
+def _interrupted(interrupt: KeyboardInterrupt, argv: Sequence[str]) -> str:
+    """The message of a Ctrl-C: the last saved epoch and how to continue, when training."""
+    from l0_sparsity.train import TrainingInterrupted
+
+    if not isinstance(interrupt, TrainingInterrupted):
+        return "interrupted"
+    if interrupt.saved_epoch is None:
+        return f"{interrupt}; nothing to resume"
+    return f"{interrupt}; continue with: {resume_command(argv)}"
 
 
 def _run_purge(checkpoint: str, out: str) -> None:
@@ -177,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 when training was refused for a NaN/Inf, 2 for a user error, 130 when
         interrupted.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -202,13 +405,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as error:
         print(f"l0-sparsity: error: {one_line(str(error), limit=1000)}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    # A request that cannot be carried out (e.g. --resume with nothing left to train) is a
+    # ValueError too: exit code 2, so that a script does not take it for a finished run.
     except (UserError, ValueError, CheckpointError, DatasetNotFoundError) as error:
         print(f"l0-sparsity: error: {one_line(str(error), limit=1000)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("l0-sparsity: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"l0-sparsity: {one_line(_interrupted(interrupt, argv), 2000)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = [
+    "build_parser",
+    "config_from_args",
+    "main",
+    "resume_command",
+    "target_missed",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,16 @@ class MetricsLogger:
             self.writer.close()
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Path | None:
-        """Save a PNG of the densities and multipliers over the epochs; returns its path."""
+        """Save a PNG of the densities and multipliers over the epochs; returns its path.
+
+        The trainer calls it after every epoch, so that ``training.png`` follows the run.
+
+        Args:
+            path: Where to save it (default: ``training.png`` in the run's directory).
+
+        Returns:
+            The PNG's path, or ``None`` when no epoch was logged yet.
+        """
         if not self.rows:
             return None
         import matplotlib
@@ -87,7 +97,7 @@ class MetricsLogger:
             if key.startswith("multiplier"):
                 right.plot(epochs, [row[key] for row in self.rows], label=key)
         target = self.rows[0].get("target")
-        if isinstance(target, float):
+        if isinstance(target, float) and math.isfinite(target):  # NaN: layer-wise targets
             left.axhline(target, color="black", linestyle="--", linewidth=1, label="target")
         left.set(xlabel="epoch", ylabel="density", title="Density")
         right.set(xlabel="epoch", ylabel="multiplier", title="Multipliers")

@@ -10,8 +10,20 @@ experiment: MLP 784-300-100-10 on MNIST-5k, Adam 7e-4 (weights) / 5e-3 (gates), 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import re
 from dataclasses import dataclass
 from typing import Any
+
+OPTIMIZERS = ("sgd", "adam")
+"""Valid :attr:`TrainConfig.optimizer` values."""
+DEVICES = ("auto", "cpu", "cuda")
+"""Valid :attr:`TrainConfig.device` values."""
+AMP_MODES = ("off", "bf16", "fp16", "auto")
+"""Valid :attr:`TrainConfig.amp` values."""
+ON_NONFINITE = ("raise", "skip")
+"""Valid :attr:`TrainConfig.on_nonfinite` values."""
 
 
 @dataclass(frozen=True)
@@ -36,10 +48,13 @@ class TrainConfig:
         weight_decay: Coefficient of the expected L2 loss term on gated weights.
         droprate_init: Initial drop rate of the gates.
         structured: Structured (neuron/filter) gates; otherwise one gate per weight.
-        target: Model-wise target density (used when ``layer_targets`` and ``penalty`` are unset).
-        layer_targets: Per-layer targets (layer-wise mode; one value applies to every gated
-            layer), or empty.
-        penalty: Penalized baseline coefficient (no constraint) when set.
+        target: Model-wise target density, used when ``layer_targets`` and ``penalty`` are
+            unset. On the command line ``--target``, ``--layer-targets`` and ``--penalty``
+            each choose their mode (clearing the preset's other two), and at most one is given.
+        layer_targets: Per-layer target densities (layer-wise mode; one value applies to every
+            gated layer), or empty. Excludes ``penalty``.
+        penalty: Penalized baseline coefficient (no constraint) when set. Excludes
+            ``layer_targets``.
         dual_restarts: Reset multipliers of satisfied constraints (Gallego-Posada et al., 2022).
         seed: Seed of initialization, data order and gate noise.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
@@ -50,7 +65,12 @@ class TrainConfig:
         num_workers: Loader worker processes for image-folder datasets.
         output_dir: Where metrics, plots and checkpoints go.
         resume: Resume from ``output_dir``'s checkpoint when it exists.
-        progress: Show a progress bar.
+        overwrite: Replace the run that ``output_dir`` holds (a ``checkpoint.pt`` or
+            ``metrics.csv``) instead of refusing to start. Its checkpoint, metrics, plot and
+            TensorBoard events are deleted once the new run is set up; without ``overwrite``
+            or ``resume`` the command line refuses such a directory. Excludes ``resume``.
+        progress: Show a progress bar of each epoch's batches. The command line prints one
+            line per epoch either way.
         tensorboard: Write TensorBoard event files.
         threads: torch intra-op threads on CPU (0 keeps torch's default).
         on_nonfinite: What a NaN/Inf loss or constraint value does: ``"raise"`` ends the run
@@ -95,6 +115,7 @@ class TrainConfig:
     num_workers: int = 4
     output_dir: str = "runs/l0"
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     tensorboard: bool = True
     threads: int = 0
@@ -225,3 +246,49 @@ def get_preset(name: str) -> TrainConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+_ROLE = re.compile(r":[\w:]+:`([^`]*)`")
+_FIELD = re.compile(r"^    (\w+): (.*)$")
+
+
+def _plain(text: str) -> str:
+    """A docstring's text with its reStructuredText markup removed, on one line."""
+
+    def role(match: re.Match[str]) -> str:
+        target = match.group(1)
+        if "<" in target:  # :role:`title <target>`
+            return target.split("<", 1)[0].strip()
+        return target.rsplit(".", 1)[-1] if target.startswith("~") else target
+
+    return " ".join(_ROLE.sub(role, text).replace("``", "").split())
+
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    doc = inspect.getdoc(TrainConfig) or ""
+    section = doc.split("Attributes:", 1)[-1]
+    lines: dict[str, list[str]] = {}
+    current = None
+    for line in section.splitlines():
+        match = _FIELD.match(line)
+        if match:
+            current = match.group(1)
+            lines[current] = [match.group(2)]
+        elif current is not None and line.startswith("        "):
+            lines[current].append(line)
+        elif line.strip() and not line.startswith(" "):
+            break
+    return {name: _plain(" ".join(text)) for name, text in lines.items()}
+
+
+def field_docs() -> dict[str, str]:
+    """The description of every :class:`TrainConfig` field, as plain text.
+
+    Parsed from the class docstring's ``Attributes:`` section, so that each field's help is
+    written once: the command line's ``--help`` and the documentation's flag table show it.
+
+    Returns:
+        ``{field name: description}`` with reStructuredText markup removed, one line each.
+    """
+    return dict(_field_docs())

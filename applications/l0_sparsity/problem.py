@@ -134,8 +134,29 @@ class SparsityProblem(conopt.ConstrainedProblem):
 
     @property
     def model(self) -> nn.Module:
-        """The gated model."""
+        """The gated model (possibly wrapped, e.g. in DDP or ``torch.compile``)."""
         return self._model[0]
+
+    def set_model(self, model: nn.Module) -> None:
+        """Evaluate another wrapper of the same gated layers (e.g. the model without its DDP).
+
+        (A method, not a property setter: ``nn.Module.__setattr__`` would register the model as
+        a sub-module instead.)
+
+        Args:
+            model: The model to evaluate from now on.
+
+        Raises:
+            ValueError: If ``model``'s gated layers are not the very layers of this problem.
+        """
+        mine = [id(layer) for layer in self._gates.layers]
+        theirs = [id(layer) for _, layer in gated_layers(model)]
+        if mine != theirs:
+            raise ValueError(
+                f"{type(model).__name__} does not hold this problem's gated layers "
+                f"{self.layer_names}; build a new SparsityProblem for another model."
+            )
+        self._model = [model]
 
     @property
     def mode(self) -> str:

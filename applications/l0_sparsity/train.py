@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -53,10 +54,12 @@ from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weig
 from l0_sparsity.metrics import MetricsLogger
 from l0_sparsity.models import build_model
 from l0_sparsity.precision import mixed_precision
-from l0_sparsity.presets import TrainConfig
+from l0_sparsity.presets import AMP_MODES, ON_NONFINITE, OPTIMIZERS, TrainConfig
 from l0_sparsity.problem import SparsityProblem
 
 CHECKPOINT_NAME = "checkpoint.pt"
+RUN_FILES = (CHECKPOINT_NAME, "metrics.csv")
+"""The files whose presence in ``output_dir`` means that it holds a run."""
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -96,8 +99,8 @@ def validate_config(config: TrainConfig) -> None:
         (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
         (
-            config.optimizer in ("sgd", "adam"),
-            f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}",
+            config.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {_names(OPTIMIZERS)}, got {config.optimizer!r}",
         ),
         (
             config.lr > 0 and config.gates_lr > 0 and config.dual_lr > 0,
@@ -113,17 +116,22 @@ def validate_config(config: TrainConfig) -> None:
             f"penalty must be >= 0, got {config.penalty}",
         ),
         (
+            config.penalty is None or not config.layer_targets,
+            f"layer_targets {config.layer_targets} and penalty {config.penalty} exclude each "
+            "other (layer-wise constraints or the penalized baseline); set one of them",
+        ),
+        (
             0 < config.droprate_init < 1,
             f"droprate_init must be in (0, 1), got {config.droprate_init}",
         ),
         (
-            config.amp in ("off", "bf16", "fp16", "auto"),
-            f"amp must be 'off', 'bf16', 'fp16' or 'auto', got {config.amp!r}",
+            config.amp in AMP_MODES,
+            f"amp must be one of {_names(AMP_MODES)}, got {config.amp!r}",
         ),
         (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
         (
-            config.on_nonfinite in ("raise", "skip"),
-            f"on_nonfinite must be 'raise' or 'skip', got {config.on_nonfinite!r}",
+            config.on_nonfinite in ON_NONFINITE,
+            f"on_nonfinite must be one of {_names(ON_NONFINITE)}, got {config.on_nonfinite!r}",
         ),
         (
             config.subset is None or config.subset >= 1,
@@ -143,10 +151,68 @@ def validate_config(config: TrainConfig) -> None:
             config.accumulation_steps >= 1,
             f"accumulation_steps must be >= 1, got {config.accumulation_steps}",
         ),
+        (
+            not (config.resume and config.overwrite),
+            "resume (--resume) and overwrite (--overwrite) exclude each other: resume continues "
+            "the run in output_dir, overwrite replaces it",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message + ".")
+
+
+def _names(values: tuple[str, ...]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def check_output_dir(output_dir: str | os.PathLike[str]) -> None:
+    """Refuse an output directory that cannot be created or written, before anything runs.
+
+    Args:
+        output_dir: The run's ``output_dir`` (it need not exist yet).
+
+    Raises:
+        ValueError: If ``output_dir`` is a file, lies under a file, or its nearest existing
+            directory is not writable.
+    """
+    path = Path(output_dir)
+    for existing in (path, *path.parents):
+        if existing.exists() or existing.is_symlink():
+            break
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under the file {str(existing)!r}"
+        raise ValueError(f"output_dir {str(path)!r} {where}; expected a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"output_dir {str(path)!r} cannot be written (no write permission in "
+            f"{str(existing)!r}); expected a writable directory."
+        )
+
+
+def existing_run_files(output_dir: str | os.PathLike[str]) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``output_dir`` (empty: it holds no run)."""
+    return [name for name in RUN_FILES if (Path(output_dir) / name).exists()]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) during :func:`train`, with the checkpoint left behind.
+
+    Args:
+        checkpoint: The run's checkpoint path.
+        saved_epoch: The last epoch (0-based) whose checkpoint is on disk, or ``None``.
+        epochs: The run's planned number of epochs.
+    """
+
+    def __init__(self, checkpoint: Path, saved_epoch: int | None, epochs: int) -> None:
+        self.checkpoint = checkpoint
+        self.saved_epoch = saved_epoch
+        self.epochs = epochs
+        if saved_epoch is None:
+            message = f"interrupted before any epoch was saved in {checkpoint}"
+        else:
+            message = f"interrupted; epoch {saved_epoch + 1}/{epochs} is saved in {checkpoint}"
+        super().__init__(message)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -450,20 +516,40 @@ def _progress(iterable: Any, enabled: bool, description: str) -> Any:
     return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True)
 
 
-def train(config: TrainConfig) -> TrainResult:
+@dataclass
+class _Run:
+    """What :func:`train` tells ``_train`` besides the configuration, and hears back."""
+
+    epoch_lines: bool
+    refuse_existing_run: bool
+    saved_epoch: int | None = None
+
+
+def train(
+    config: TrainConfig, *, epoch_lines: bool | None = None, refuse_existing_run: bool = False
+) -> TrainResult:
     """Train a gated model to the configured density and return the run's history.
 
     Under ``torchrun`` it joins (or initializes) the process group and trains with DDP; see the
-    module docstring.
+    module docstring. ``training.png`` and the checkpoint are rewritten after every epoch.
 
     Args:
         config: The run's settings.
+        epoch_lines: Print one line per epoch (rank 0); ``None``: when ``config.progress``.
+            The command line passes ``True``.
+        refuse_existing_run: Refuse (``ValueError``) an ``output_dir`` that holds a run
+            (:func:`existing_run_files`) unless ``config.resume`` or ``config.overwrite``;
+            checked after every other setting, before any file is written. The command line
+            passes ``True``.
 
     Returns:
         The run's configuration, per-epoch metrics, model and problem.
 
     Raises:
-        ValueError: For an invalid configuration, model or dataset name.
+        ValueError: For an invalid configuration, model or dataset name, an ``output_dir``
+            that is a file (or holds a run, see ``refuse_existing_run``), or a resumed
+            checkpoint that already holds ``config.epochs`` epochs (nothing to do).
+        TrainingInterrupted: On Ctrl-C (a ``KeyboardInterrupt``), naming the last saved epoch.
         l0_sparsity.data.DatasetNotFoundError: When the dataset's files are missing.
         l0_sparsity.checkpoint.CheckpointError: When resuming from a corrupted checkpoint or one
             of a different model or constraint.
@@ -471,14 +557,40 @@ def train(config: TrainConfig) -> TrainResult:
             ``config.on_nonfinite == "raise"``; the message names it.
     """
     validate_config(config)
+    check_output_dir(config.output_dir)
+    run = _Run(config.progress if epoch_lines is None else epoch_lines, refuse_existing_run)
     context = distributed.setup(config.device)
     try:
-        return _train(config, context)
+        return _train(config, context, run)
+    except KeyboardInterrupt:
+        checkpoint = Path(config.output_dir) / CHECKPOINT_NAME
+        raise TrainingInterrupted(checkpoint, run.saved_epoch, config.epochs) from None
     finally:
         distributed.teardown(context)
 
 
-def _train(config: TrainConfig, context: distributed.DistributedContext) -> TrainResult:
+def _claim_output_dir(config: TrainConfig, run: _Run, is_main: bool) -> None:
+    """Refuse, or clear (``overwrite``), a run already in ``output_dir``; see :func:`train`."""
+    if config.resume:
+        return
+    output_dir = Path(config.output_dir)
+    if config.overwrite:
+        if is_main:
+            for name in (*RUN_FILES, "training.png"):
+                (output_dir / name).unlink(missing_ok=True)
+            for events in (output_dir / "tensorboard").glob("events.out.tfevents.*"):
+                events.unlink()
+        return
+    found = existing_run_files(output_dir)
+    if run.refuse_existing_run and found:
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} already holds a run ({', '.join(found)}): continue "
+            "it with --resume (resume=True), replace it with --overwrite (overwrite=True), or "
+            "choose another --output-dir."
+        )
+
+
+def _train(config: TrainConfig, context: distributed.DistributedContext, run: _Run) -> TrainResult:
     device = context.device
     dtype = amp_dtype(config.amp, device)
     if config.threads > 0:
@@ -567,6 +679,16 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
             raise CheckpointError(
                 f"{checkpoint_path} does not fit this run: {one_line(str(error))}"
             ) from None
+        if start_epoch >= config.epochs:
+            # Exit code 2 on the command line (a ValueError), not 0: a request that cannot be
+            # carried out is a user error, and a script must not take it for a finished run.
+            done = f"{start_epoch} epoch" + ("s" if start_epoch != 1 else "")
+            raise ValueError(
+                f"nothing to do: {checkpoint_path} already holds {done} and epochs is "
+                f"{config.epochs}; pass epochs (--epochs) above {start_epoch} to train further."
+            )
+        run.saved_epoch = start_epoch - 1
+    _claim_output_dir(config, run, context.is_main)
 
     logger = (
         MetricsLogger(output_dir, config.tensorboard and context.is_main, start_epoch)
@@ -677,16 +799,21 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Trai
                 },
                 checkpoint_path,
             )
-            if config.progress:
+            run.saved_epoch = epoch
+            logger.plot()
+            if run.epoch_lines:
                 print(
                     f"epoch {epoch + 1:>4}/{config.epochs}  loss {row['train_loss']:.4f}  "
                     f"test error {row['test_error']:.4f}  density {row['expected_density']:.4f}  "
                     f"purged {row['purged_density']:.4f}  ({row['epoch_seconds']:.1f}s)",
                     flush=True,
                 )
+        run.saved_epoch = epoch  # other ranks: rank 0 saved it
     if logger is not None:
-        logger.plot()
         logger.close()
+    # The result must not hold the DDP wrapper: it references the process group, which
+    # teardown() could then not free, and whose worker threads would outlive the interpreter.
+    problem.set_model(model)
     return TrainResult(config, history, model, problem, output_dir, context.rank)
 
 

@@ -47,17 +47,21 @@ take the reduced quasi-Newton step :math:`-B_{FF}^{-1}\nabla_F\mathcal{L}_A` of 
 L-BFGS matrix (Byrd, Lu, Nocedal & Zhu, 1995), and an Armijo backtracking search runs along the
 projected path :math:`P_{[l,u]}(x + \alpha d)`, falling back on Hager & Zhang's approximate
 Wolfe conditions where value differences are rounding errors. A step is never more than ten
-times longer than the previous one. The curvature pairs are kept across outer iterations (a
-multiplier update hardly changes the Hessian of :math:`\mathcal{L}_A` near the solution), which
-makes every inner solve after the first one short.
+times longer than the previous one; after a step along which the function fell at least as much
+as its linear model (no positive curvature seen), a step in nearly the same direction is
+stretched to that limit, so that an objective unbounded below is followed geometrically (a
+feasible iterate with :math:`f \le -10^{20}` or :math:`\|x\|_\infty \ge 10^{20}` ends the
+solve as unbounded). The curvature pairs are kept across outer iterations (a multiplier update
+hardly changes the Hessian of :math:`\mathcal{L}_A` near the solution), which makes every inner
+solve after the first one short.
 
 **Evaluations.** Each evaluation of the problem is used once: the objective, the constraint
 values and the autograd graph of an accepted point are kept, so the gradient of
 :math:`\mathcal{L}_A` for new multipliers is a vector-Jacobian product there, not a new
 evaluation. Since :math:`\nabla_x\mathcal{L}_A(x;\lambda,\mu,\rho) = \nabla_x L(x,
 [\lambda+\rho g]_+, \mu+\rho h)`, every inner iterate comes with first-order multiplier
-estimates: the solver stops at the first iterate that meets the KKT tolerances, and otherwise
-returns the iterate whose KKT measures were best.
+estimates: the solver stops at the first iterate that meets the KKT tolerances (see
+:func:`solve` for the exact test), and otherwise returns the iterate whose KKT measures were best.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ STATUS_MESSAGES = {
     3: "a non-finite objective or constraint value at the initial point",
     4: "no further progress: the inner line search fails at the limit of precision",
     5: "evaluation limit reached",
+    6: "the problem looks unbounded: a feasible iterate has an objective below -1e20 or an "
+    "entry above 1e20 in size",
 }
 
 _ARMIJO = 1e-4  # sufficient decrease constant of the line search
@@ -97,6 +103,10 @@ _ROUNDOFF = 1e-10  # relative size of value differences treated as rounding erro
 _APPROX_ARMIJO = 0.1  # delta of Hager and Zhang's approximate Armijo condition
 _WOLFE = 0.9  # sigma of their curvature condition
 _MAX_STALLS = 3  # outer iterations in a row whose inner solves stall without improving
+_MULTIPLIER_SCALE = 100.0  # s_max of IPOPT's dual scaling: mean multipliers above it relax it
+_MAX_RELAXATION = 100.0  # the largest factor by which large multipliers relax optimality_tol
+_UNBOUNDED = 1e20  # a feasible iterate with f below -this, or an entry above it: unbounded
+_ALIGNED = 0.9  # cosine above which a step continues the previous one (extrapolation)
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,8 @@ class SolveResult:
         nfev: Evaluations of the problem.
         rho: The final penalty coefficient (of the scaled problem).
         status: 0 converged, 1 outer iteration limit, 2 penalty limit, 3 non-finite values at
-            the initial point, 4 no further progress possible, 5 evaluation limit.
+            the initial point, 4 no further progress possible, 5 evaluation limit, 6 the
+            problem looks unbounded (``x`` is then the feasible iterate that shows it).
         message: A sentence describing ``status``.
         time: Wall-clock seconds.
     """
@@ -400,13 +411,20 @@ class _KKT:
     violation: float
     slackness: float  # max_i |lam_i g_i| / max(1, lam_i)
     stationarity: float  # largest entry of the reduced gradient of the Lagrangian
+    multiplier_size: float  # (||lam||_1 + ||mu||_1) / m, 0 without constraints
 
     def merit(self, feasibility_tol: float, optimality_tol: float) -> float:
-        """The largest measure relative to its tolerance (<= 1: converged)."""
+        r"""The largest measure relative to its tolerance (<= 1: converged).
+
+        The stationarity tolerance is ``optimality_tol`` times IPOPT's dual scaling factor
+        :math:`s_d = \max(1, \bar m / s_{max})`, :math:`\bar m` the mean absolute multiplier,
+        capped at ``_MAX_RELAXATION`` (an absolute tolerance, as IPOPT's ``dual_inf_tol``).
+        """
+        s_d = min(max(1.0, self.multiplier_size / _MULTIPLIER_SCALE), _MAX_RELAXATION)
         return max(
             self.violation / feasibility_tol,
             self.slackness / feasibility_tol,
-            self.stationarity / optimality_tol,
+            self.stationarity / (optimality_tol * s_d),
         )
 
 
@@ -424,6 +442,8 @@ class _Iterate:
         violation: The largest violation of a scaled constraint.
         kkt: The KKT measures for the estimates, unscaled.
         finite: Whether every value and the gradient are finite.
+        fun: The objective, unscaled.
+        size: The largest entry of ``point.x`` in absolute value.
     """
 
     point: _Point
@@ -435,6 +455,8 @@ class _Iterate:
     violation: float
     kkt: _KKT
     finite: bool
+    fun: float
+    size: float
 
 
 class _AugmentedLagrangian:
@@ -485,6 +507,8 @@ class _AugmentedLagrangian:
         # Complementary slackness |lam g| / max(1, lam), lam and g in the problem's units.
         slack = lam * p.g_raw if s.unit else lam * s.g * p.g_raw / s.f
         lam_units = lam if s.unit else lam * s.g / s.f
+        mu_units = mu if s.unit else mu * s.h / s.f
+        multipliers = torch.cat([lam_units, mu_units])
         # NaN and infinite values propagate to these maxima: their finiteness is the check.
         measures = torch.stack(
             [
@@ -493,15 +517,17 @@ class _AugmentedLagrangian:
                 torch.maximum(_amax(p.g.clamp(min=0)), _amax(p.h)),
                 _amax(slack / lam_units.clamp(min=1)),
                 _amax(_reduced(p.x, grad, self.lower, self.upper)),
+                multipliers.abs().mean() if multipliers.numel() else p.f.new_zeros(()),
+                p.f / s.f,
+                _amax(p.x),
             ]
         )
         values = measures.tolist()
         ok = all(math.isfinite(v) for v in values)
-        value_f, violation, scaled_violation, slackness, norm = values
-        kkt = _KKT(violation, slackness, norm / s.f)
-        return _Iterate(
-            p, value_f if ok else math.inf, grad, lam, mu, norm, scaled_violation, kkt, ok
-        )
+        value_f, violation, scaled_violation, slackness, norm, m_size, fun, size = values
+        kkt = _KKT(violation, slackness, norm / s.f, m_size)
+        value_f = value_f if ok else math.inf
+        return _Iterate(p, value_f, grad, lam, mu, norm, scaled_violation, kkt, ok, fun, size)
 
 
 def _amax(t: torch.Tensor) -> torch.Tensor:
@@ -537,19 +563,26 @@ class _Memory:
         self.system: torch.Tensor | None = None
         self.theta = 1.0
         self.last_step: float | None = None
+        self.flat: torch.Tensor | None = None  # the last step, if along nonpositive curvature
 
     def __len__(self) -> int:
         return 0 if self.s is None else self.s.shape[0]
 
     def clear(self) -> None:
         """Forget every pair."""
-        self.s = self.y = self.k = self.w = self.system = None
+        self.s = self.y = self.k = self.w = self.system = self.flat = None
 
-    def push(self, s: torch.Tensor, y: torch.Tensor) -> None:
-        r"""Add a pair when its curvature :math:`s^\top y` is safely positive."""
+    def push(self, s: torch.Tensor, y: torch.Tensor, linear: bool) -> None:
+        r"""Add a pair when its curvature :math:`s^\top y` is safely positive.
+
+        Otherwise, when the step decreased the function at least as much as its linear model
+        (``linear``), the step is kept as :attr:`flat`: the next step may extrapolate along it.
+        """
         self.last_step = float(s.abs().max())
         sy, yy, ss = torch.stack([s.dot(y), y.dot(y), s.dot(s)]).tolist()
+        self.flat = None
         if not sy > 1e-10 * math.sqrt(ss * yy):
+            self.flat = s if linear else None
             return
         keep = self.size - 1
         if self.s is None or self.y is None or keep == 0:
@@ -638,22 +671,23 @@ def _inner_solve(
         # Held variables move onto their bound; free ones take the reduced quasi-Newton step.
         step = memory.solve(grad, free) if len(memory) else None
         if step is None:
-            memory.clear()
+            if len(memory):
+                memory.clear()  # the small system is singular
             step = (grad if free is None else grad * free) / max(1.0, current.reduced_norm)
         direction = -step
         if free is not None:
             direction = torch.where(free, direction, torch.where(grad > 0, lower - x, upper - x))
-        if memory.last_step is not None:
-            size = float(direction.abs().max())
-            if size > _STEP_GROWTH * memory.last_step:
-                direction = direction * (_STEP_GROWTH * memory.last_step / size)
+        direction = _step_length(direction, memory)
         new = _line_search(current, direction, objective, evaluate)
         if new is None:
             if len(memory):
                 memory.clear()  # the quasi-Newton model misled the search: steepest descent
                 continue
             return current, iteration, "stalled"
-        memory.push(new.point.x - x, new.grad - grad)
+        s = new.point.x - x
+        # At least the linear model's decrease (no curvature seen): extrapolation may follow.
+        linear = new.value <= current.value + float(grad.dot(s)) + _ROUNDOFF * abs(current.value)
+        memory.push(s, new.grad - grad, linear)
         current = new
         if accept(current):
             return current, iteration + 1, "accepted"
@@ -665,6 +699,29 @@ def _inner_solve(
         ):
             return current, iteration + 1, "stalled"
     return current, max_iter, "max_iter"
+
+
+def _step_length(direction: torch.Tensor, memory: _Memory) -> torch.Tensor:
+    """``direction`` at most ``_STEP_GROWTH`` times longer than the last step, or extrapolated.
+
+    A direction that continues a last step of nonpositive curvature (:attr:`_Memory.flat`) is
+    lengthened to that limit: along a line where the function decreases at least linearly, the
+    steps grow geometrically (so that an unbounded objective is found in a few dozen steps).
+    """
+    if memory.last_step is None:
+        return direction
+    limit = _STEP_GROWTH * memory.last_step
+    size = float(direction.abs().max())
+    flat = memory.flat
+    if size > limit:
+        return direction * (limit / size)
+    if flat is not None and size > 0:
+        cosine = float(direction.dot(flat)) / float(
+            torch.linalg.vector_norm(direction) * torch.linalg.vector_norm(flat)
+        )
+        if cosine >= _ALIGNED:
+            return direction * (limit / size)
+    return direction
 
 
 def _line_search(
@@ -716,6 +773,45 @@ def _line_search(
 # ------------------------------------------------------------------------------------------------
 # The solver.
 # ------------------------------------------------------------------------------------------------
+
+
+def _initial_penalty(point: _Point, rho_max: float) -> float:
+    """Birgin and Martínez's initial penalty at the (scaled) initial point (module docstring)."""
+    initial = float(torch.cat([point.g.clamp(min=0), point.h]).square().sum()) / 2
+    f_size = abs(float(point.f)) if math.isfinite(float(point.f)) else 1.0
+    rho = 10 * max(1.0, f_size) / max(1.0, initial) if math.isfinite(initial) else 1.0
+    return min(max(rho, _RHO_INITIAL_RANGE[0]), _RHO_INITIAL_RANGE[1], rho_max)
+
+
+class _Monitor:
+    """Watches every iterate: keeps the best one and tells when the solve should stop."""
+
+    def __init__(self, feasibility_tol: float, optimality_tol: float, first: _Iterate) -> None:
+        self.feasibility_tol = feasibility_tol
+        self.optimality_tol = optimality_tol
+        self.best = first
+        self.best_merit = math.inf
+        self.status = 0  # why the solve should stop, once __call__ has said so
+
+    def __call__(self, candidate: _Iterate) -> bool:
+        """Track ``candidate``; True when it meets the KKT tolerances or looks unbounded.
+
+        ``status`` is then 0 (KKT met) or 6: the candidate is feasible (violation at most
+        ``feasibility_tol``) and its objective is below ``-_UNBOUNDED`` or an entry of its
+        ``x`` is above ``_UNBOUNDED`` in size.
+        """
+        if not candidate.finite:
+            return False
+        merit = candidate.kkt.merit(self.feasibility_tol, self.optimality_tol)
+        if merit < self.best_merit:
+            self.best, self.best_merit = candidate, merit
+        if candidate.kkt.violation <= self.feasibility_tol and (
+            candidate.fun <= -_UNBOUNDED or candidate.size >= _UNBOUNDED
+        ):
+            self.status = 6
+            return True
+        self.status = 0
+        return merit <= 1.0
 
 
 def _as_bounds(
@@ -794,11 +890,23 @@ def solve(
     uses the augmented Lagrangian. The final multipliers are also written into the constraints'
     :class:`~conopt.multipliers.DenseMultiplier`\ s, and the initial ones are read from them.
 
-    The KKT tolerances are met when the largest constraint violation is at most
-    ``feasibility_tol``, so is :math:`|\lambda_i g_i| / \max(1, \lambda_i)` for every inequality
-    (complementary slackness, relative to large multipliers), and the largest entry of the
-    gradient of the Lagrangian, bound-held components left out, is at most ``optimality_tol``
-    times :math:`\max(1, \|\nabla f(x_0)\|_\infty)`. Bounds hold at every iterate.
+    **Termination test.** The solve converges (status 0) at the first iterate :math:`x` where,
+    for its first-order multipliers :math:`\lambda \ge 0, \mu` and the gradient :math:`r` of the
+    Lagrangian without its bound-held components (all in the problem's units),
+
+    .. math::
+
+        \max(\|[g]_+\|_\infty, \|h\|_\infty) \le \epsilon_{feas}, \quad
+        \max_i \frac{|\lambda_i g_i|}{\max(1, \lambda_i)} \le \epsilon_{feas}, \quad
+        \|r\|_\infty \le \epsilon_{opt}\, s_d, \quad
+        s_d = \min\Big(100, \max\Big(1, \frac{\|\lambda\|_1 + \|\mu\|_1}{100\, m}\Big)\Big),
+
+    :math:`\epsilon_{feas}` = ``feasibility_tol``, :math:`\epsilon_{opt}` = ``optimality_tol``,
+    :math:`m` the number of constraint rows (:math:`s_d = 1` without any). Stationarity is thus
+    absolute unless the mean multiplier exceeds 100, when it is relative to it as in IPOPT's
+    scaled dual infeasibility, and never looser than ``100 * optimality_tol``. The solve stops
+    as unbounded (status 6) at an iterate within ``feasibility_tol`` of feasibility where
+    :math:`f(x) \le -10^{20}` or :math:`\|x\|_\infty \ge 10^{20}`. Bounds hold at every iterate.
 
     Args:
         problem: The problem; its constraints must have dense multipliers (or none).
@@ -808,8 +916,8 @@ def solve(
             for none).
         upper: Upper bounds on ``x`` (``+inf`` for none).
         feasibility_tol: Tolerance on the constraint violation and on complementary slackness.
-        optimality_tol: Tolerance on the stationarity of the Lagrangian, relative to
-            :math:`\max(1, \|\nabla f(x_0)\|_\infty)`.
+        optimality_tol: Tolerance on the largest entry of the Lagrangian's reduced gradient
+            (absolute; relaxed by :math:`s_d` for large multipliers, see above).
         rho: Initial penalty coefficient (of the scaled problem); None chooses it from
             :math:`f(x_0)` and the initial violation.
         rho_growth: Factor by which the penalty grows when the violation does not shrink.
@@ -886,40 +994,25 @@ def solve(
     assert scales is not None
     lam_units, mu_units = evaluate.initial_multipliers(point.x)
     lam, mu = lam_units * scales.f / scales.g, mu_units * scales.f / scales.h
-    if rho is None:
-        initial = float(torch.cat([point.g.clamp(min=0), point.h]).square().sum()) / 2
-        f_size = abs(float(point.f)) if math.isfinite(float(point.f)) else 1.0
-        rho = 10 * max(1.0, f_size) / max(1.0, initial) if math.isfinite(initial) else 1.0
-        rho = min(max(rho, _RHO_INITIAL_RANGE[0]), _RHO_INITIAL_RANGE[1], rho_max)
-    optimality = optimality_tol * grad_scale  # absolute, in the problem's units
+    rho = _initial_penalty(point, rho_max) if rho is None else rho
     min_scale = float(torch.cat([scales.g, scales.h, scales.g.new_ones(1)]).min())
     eta_floor = feasibility_tol * min_scale / 10
-    omega_floor = optimality_tol / 10
+    omega_floor = optimality_tol / (10 * grad_scale)  # omega is relative to grad_scale
     bar = max(rho, 10.0)
     omega, eta = 1.0 / bar, bar**-0.1
 
     objective = _AugmentedLagrangian(lam, mu, rho, lower_t, upper_t)
     current = objective.iterate(point)
-    best = current
-    best_merit = math.inf
-
-    def accept(candidate: _Iterate) -> bool:
-        """Track the best iterate; True when it meets the KKT tolerances."""
-        nonlocal best, best_merit
-        merit = candidate.kkt.merit(feasibility_tol, optimality) if candidate.finite else math.inf
-        if merit < best_merit:
-            best, best_merit = candidate, merit
-        return merit <= 1.0
-
+    accept = _Monitor(feasibility_tol, optimality_tol, current)
     status, outer, ninner, stalls = 1, 0, 0, 0
     if not current.finite:
         status = 3
     elif accept(current):
-        status = 0
+        status = accept.status
     memory = _Memory(history_size)
     while status == 1 and outer < max_outer:
         outer += 1
-        merit_before = best_merit
+        merit_before = accept.best_merit
         try:
             current, iterations, reason = _inner_solve(
                 current,
@@ -935,12 +1028,12 @@ def solve(
             break
         ninner += iterations
         if reason == "accepted":
-            status = 0
+            status = accept.status
             break
         # An inner solve that stalls has gone as far as rounding lets it: a larger penalty would
         # only make that worse, so the multipliers are updated whatever the violation.
         stalled = reason == "stalled"
-        stalls = stalls + 1 if stalled and best_merit >= merit_before else 0
+        stalls = stalls + 1 if stalled and accept.best_merit >= merit_before else 0
         p = current.point
         measure = torch.cat([p.g.new_zeros(1), objective.residual(p), p.h])
         violation = float(measure.abs().max())
@@ -983,10 +1076,10 @@ def solve(
         objective = _AugmentedLagrangian(lam, mu, rho, lower_t, upper_t)
         current = objective.iterate(p)
         if accept(current):
-            status = 0
+            status = accept.status
             break
 
-    final = current if status == 0 else best
+    final = current if status in (0, 6) else accept.best
     return _result(evaluate, final, lower_t, upper_t, outer, ninner, rho, status, start)
 
 

@@ -120,7 +120,7 @@ class ConstrainedOptimizer:
         self.measure_stationarity = measure_stationarity
         self.step_count = 0
         self.skipped_steps = 0
-        self._index = ConstraintIndex(problem)
+        self._index = ConstraintIndex(problem, dual)
         self._validate_players()
         self._projection_targets = [
             t
@@ -489,19 +489,19 @@ class AlternatingGDA(ConstrainedOptimizer):
         stationarity = self._stationarity()
         if self.dual_optimizer is not None:
             self.dual_optimizer.zero_grad()
-        candidate = [p.detach().clone() for p in self._primal_parameters()]
+        origin = [p.detach().clone() for p in self._primal_parameters()]
         self._primal_step()
-        with torch.no_grad():
-            second_state = closure()
         try:
-            second = self._assemble(second_state)
-        except NonFiniteError:  # the new point is not finite: undo the primal step, then raise
             with torch.no_grad():
-                torch._foreach_copy_(self._primal_parameters(), candidate)
+                second_state = closure()
+            second = self._assemble(second_state)
+        except Exception:  # refused (not finite, or malformed): undo the primal step, then raise
+            with torch.no_grad():
+                torch._foreach_copy_(self._primal_parameters(), origin)
             raise
         if second is None:  # the new point is not finite: undo the primal step
             with torch.no_grad():
-                torch._foreach_copy_(self._primal_parameters(), candidate)
+                torch._foreach_copy_(self._primal_parameters(), origin)
             self.step_count += 1
             return self._skipped_report(second_state)
         if second.objective.requires_grad:

@@ -25,7 +25,6 @@ import torch
 
 from conopt.diagnostics import StepReport
 from conopt.optim.constrained import Closure, ConstrainedOptimizer
-from conopt.optim.lagrangian import NonFiniteError
 
 _ORIGIN = "extrapolation_origin"
 
@@ -123,11 +122,12 @@ class Extragradient(ConstrainedOptimizer):
 
         for optimizer in self._players():  # keeps the first point's gradients for stationarity
             optimizer.zero_grad()
-        extrapolated_state = closure()
         try:
+            extrapolated_state = closure()
             second = self._assemble(extrapolated_state)
-        except NonFiniteError:  # refused: return both players to the original point, then raise
+        except Exception:  # refused (not finite, or malformed): back to the original point
             self._restore_origins()
+            self.step_count -= 1  # a refused step that raises is not counted
             raise
         if second is None:  # return both players to the original point
             self._restore_origins()

@@ -25,16 +25,24 @@ import torch
 
 from conopt import distributed
 from conopt.diagnostics import GroupRecord
-from conopt.formulations import Formulation
-from conopt.multipliers import DenseMultiplier, Multiplier, add_dense_gradients_
+from conopt.formulations import Formulation, Lagrangian
+from conopt.multipliers import DenseMultiplier, Multiplier, add_dense_gradients_, dtype_epoch
 from conopt.problem import ConstrainedProblem, Constraint, ConstraintState, ProblemState
 
 _AT_LEAST_FLOAT32 = (torch.float32, torch.float64)
 """Value dtypes that the Lagrangian keeps as they are (others are promoted to float32)."""
 
 
+_ANOTHER_RANK = (
+    "a loss or constraint value is not finite on another rank; the step was refused on every rank."
+)
+
+
 class NonFiniteError(ValueError):
-    """A loss or constraint value is NaN or infinite; the step was refused before any change."""
+    """A loss or constraint value, or a dual update, is NaN or infinite; the step was refused.
+
+    Nothing has been changed then: parameters, multipliers and optimizer states are as before.
+    """
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,9 @@ class ConstraintGroup:
     strict_values: torch.Tensor | None = None
     multipliers: torch.Tensor | None = None
     direction: torch.Tensor | None = None  # closed-form dual gradient of explicit multipliers
+    dual_dtype: torch.dtype | None = None  # the explicit multipliers' dtype once they follow
+    # (entry, state as given, 0-d bool "some index was out of range") of indexed multipliers
+    index_checks: list[tuple[_Entry, ConstraintState, torch.Tensor]] = field(default_factory=list)
 
     def write_dual_gradients(self) -> None:
         """Accumulate :attr:`direction` into the explicit multipliers' gradients."""
@@ -74,7 +85,7 @@ class ConstraintGroup:
         # A copy owned here: the direction may alias the user's constraint values, and the
         # gradients written below are accumulated into in place by later steps.
         assert self.multipliers is not None
-        dtype = self.multipliers.dtype
+        dtype = self.multipliers.dtype if self.dual_dtype is None else self.dual_dtype
         direction = (
             self.direction.clone()  # cheaper than .to(copy=True) when no cast is needed
             if self.direction.dtype == dtype
@@ -104,6 +115,11 @@ class ConstraintGroup:
     def names(self) -> list[str]:
         """The constraints' names, in the order of the state."""
         return [e.name for e in self.entries]
+
+    @cached_property
+    def key(self) -> tuple[str, ...]:
+        """The constraints' names as a tuple: the group's key in caches of the index."""
+        return tuple(self.names)
 
     @cached_property
     def all_explicit(self) -> bool:
@@ -278,12 +294,24 @@ def _concatenated(first: ConstraintState, later: ConstraintState) -> ConstraintS
 
 
 class ConstraintIndex:
-    """Resolves the keys of a :class:`ProblemState` (constraints or names) to constraints."""
+    """Resolves the keys of a :class:`ProblemState` (constraints or names) to constraints.
 
-    def __init__(self, problem: ConstrainedProblem) -> None:
+    Args:
+        problem: The problem whose constraints are looked up.
+        dual_optimizer: The dual optimizer, whose state is widened along with the multipliers
+            when they follow wider constraint values (see
+            :meth:`~conopt.multipliers.Multiplier.follow_dtype_`).
+    """
+
+    def __init__(
+        self, problem: ConstrainedProblem, dual_optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
         self.by_name: dict[str, Constraint] = dict(problem.named_constraints())
         self.entries: dict[Constraint | str, _Entry] = {}
         self.plans: dict[tuple[Constraint | str, ...], _Plan] = {}
+        self.dual_optimizer = dual_optimizer  # its state follows the multipliers' dtypes
+        # Group key -> (dtype epoch, dtype) at which its explicit multipliers last had the dtype.
+        self.settled: dict[tuple[str, ...], tuple[int, torch.dtype]] = {}
         for name, constraint in self.by_name.items():
             multiplier = constraint.multiplier
             fixed = (
@@ -335,7 +363,15 @@ def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
+def _validated_state(
+    entry: _Entry, raw: ConstraintState
+) -> tuple[ConstraintState, torch.Tensor | None]:
+    """``raw`` checked and made safe to read the multiplier with (see ``Multiplier.safe_state``).
+
+    Returns:
+        The safe state, and a 0-d bool tensor that is ``True`` if it differs from ``raw``
+        (``None`` when it cannot): the step is refused then, at its host synchronization.
+    """
     if raw.strict_value is not None and raw.strict_value.shape != raw.value.shape:
         raise ValueError(
             f"constraint {entry.name!r}: strict_value has shape {tuple(raw.strict_value.shape)}, "
@@ -345,6 +381,7 @@ def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
         assert entry.multiplier is not None
         try:
             expected = entry.multiplier.expected_shape(raw)
+            safe, unsafe = entry.multiplier.safe_state(raw)
         except ValueError as error:  # e.g. no indices: say which constraint
             raise ValueError(f"constraint {entry.name!r}: {error}") from None
         if raw.value.shape != expected:
@@ -352,10 +389,11 @@ def _validated_state(entry: _Entry, raw: ConstraintState) -> ConstraintState:
                 f"constraint {entry.name!r}: value has shape {tuple(raw.value.shape)}, "
                 f"expected {tuple(expected)}."
             )
-    return raw
+        return safe, unsafe
+    return raw, None
 
 
-_LAYOUT = ("names", "shapes", "sizes", "all_explicit", "dense_weights")
+_LAYOUT = ("names", "key", "shapes", "sizes", "all_explicit", "dense_weights")
 """Cached properties of a :class:`ConstraintGroup` that depend on its layout only."""
 
 _Plan = list[tuple[tuple[type[Formulation], bool], list[_Entry], list[int], list[torch.Size], dict]]
@@ -404,6 +442,7 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
     for position, (key, raw) in enumerate(state.constraints.items()):
         entry = index.resolve(key)
         cstate: ConstraintState | None = None
+        unsafe: torch.Tensor | None = None
         if isinstance(raw, torch.Tensor):
             if entry.fixed_shape is None:
                 raise ValueError(
@@ -412,7 +451,7 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
                 )
             value = raw
         elif isinstance(raw, ConstraintState):
-            cstate = _validated_state(entry, raw)
+            cstate, unsafe = _validated_state(entry, raw)
             value = raw.value
         else:
             raise TypeError(
@@ -431,6 +470,8 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
         group.entries.append(entry)
         group.values.append(value)
         group.states.append(cstate)
+        if unsafe is not None:
+            group.index_checks.append((entry, raw, unsafe))  # type: ignore[arg-type]
         positions[entry.group_key].append(position)
         plannable = plannable and cstate is None
         group.has_strict = group.has_strict or (
@@ -452,7 +493,30 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
     return list(groups.values())
 
 
+def _raise_unsafe_states(groups: list[ConstraintGroup]) -> None:
+    """Raise the error of the first state that was made safe (e.g. an index out of range)."""
+    for group in groups:
+        for entry, raw, unsafe in group.index_checks:
+            if bool(unsafe):
+                assert entry.multiplier is not None
+                message = entry.multiplier.state_error(raw) or "the state is not valid"
+                raise ValueError(f"constraint {entry.name!r}: {message}; the step was refused.")
+
+
+def _dual_update_terms(group: ConstraintGroup) -> torch.Tensor | None:
+    r"""The multipliers plus their closed-form dual gradient, in the multipliers' dtype.
+
+    A step is refused if this is not finite: :math:`\lambda + d` is the update of SGD with a
+    learning rate of 1 (the method of multipliers), and bounds those of smaller learning rates.
+    ``None`` for groups without closed-form dual gradients.
+    """
+    if group.direction is None or group.multipliers is None:
+        return None
+    return group.multipliers + group.direction
+
+
 def _raise_nonfinite(state: ProblemState, groups: list[ConstraintGroup]) -> None:
+    _raise_unsafe_states(groups)
     if not bool(torch.isfinite(state.loss)):
         raise NonFiniteError(
             f"the loss is not finite ({float(state.loss.detach())}); the step was refused."
@@ -465,7 +529,24 @@ def _raise_nonfinite(state: ProblemState, groups: list[ConstraintGroup]) -> None
                         f"constraint {entry.name!r}: its {label} contains NaN or Inf; "
                         "the step was refused."
                     )
-    raise NonFiniteError("the Lagrangian overflowed (is not finite); the step was refused.")
+    for group in groups:  # the local values are finite: are the all-reduced ones?
+        if group.strict_values is not None and not bool(torch.isfinite(group.strict_values).all()):
+            raise NonFiniteError(_ANOTHER_RANK)
+    for group in groups:
+        updates = _dual_update_terms(group)
+        if updates is None:
+            continue
+        parts = updates.reshape(-1).split(group.sizes)
+        for entry, update in zip(group.entries, parts, strict=True):
+            if entry.explicit and not bool(torch.isfinite(update).all()):
+                raise NonFiniteError(
+                    f"constraint {entry.name!r}: its dual update is not finite in the "
+                    f"multiplier's dtype {update.dtype} (multiplier + dual gradient contains "
+                    "NaN or Inf); the step was refused."
+                )
+    raise NonFiniteError(
+        "the Lagrangian or a dual update overflowed (is not finite); the step was refused."
+    )
 
 
 def _coefficients(group: ConstraintGroup, device: torch.device) -> torch.Tensor | None:
@@ -524,19 +605,98 @@ def _multipliers(group: ConstraintGroup) -> torch.Tensor:
     )
 
 
+def _dual_direction(
+    group: ConstraintGroup, rho: torch.Tensor | None, values: torch.Tensor, check_finite: bool
+) -> list[torch.Tensor]:
+    """Set the group's closed-form dual direction and dtype; return what must be checked.
+
+    The multipliers follow the values' dtype: they are widened to ``dual_dtype`` (never
+    narrowed) once the step is accepted, and their gradient is written in it.
+
+    Args:
+        group: A group with explicit multipliers, its strict values and multipliers set.
+        rho: The penalty coefficients, if any.
+        values: The (detached) values of the group's primal term.
+        check_finite: Whether the step is checked for non-finite numbers.
+
+    Returns:
+        A scalar that is finite only if the multipliers plus their dual gradient are, or
+        nothing when that needs no check.
+    """
+    assert group.strict_values is not None and group.multipliers is not None
+    group.direction = group.formulation.dual_direction(group.strict_values, rho)
+    group.dual_dtype = torch.promote_types(group.multipliers.dtype, group.direction.dtype)
+    if not check_finite or (group.formulation is Lagrangian and group.strict_values is values):
+        # A plain Lagrangian's direction is the value: lambda + g is finite whenever the
+        # objective, which holds lambda * g in the same dtype, is.
+        return []
+    return [_dual_update_terms(group).sum()]  # type: ignore[union-attr]
+
+
+def _refuse_nonfinite(
+    state: ProblemState,
+    groups: list[ConstraintGroup],
+    objective: torch.Tensor,
+    unchecked: list[torch.Tensor],
+    ranks: int,
+) -> None:
+    """The step's one host synchronization: raise if anything checked is not finite.
+
+    Raises:
+        ValueError: A state was unsafe (an index out of range): named by constraint.
+        NonFiniteError: The loss, a constraint value or a dual update is NaN/Inf, here or
+            on another rank.
+    """
+    checked = objective
+    if unchecked:
+        checked = checked.detach() + torch.stack(unchecked).sum()
+    finite = math.isfinite(checked.item())
+    everywhere = finite
+    if ranks > 1:  # all ranks refuse together
+        everywhere = distributed.all_agree(finite, checked.device)
+    if not finite:
+        _raise_nonfinite(state, groups)
+    if not everywhere:
+        raise NonFiniteError(_ANOTHER_RANK)
+
+
+def _follow_values_dtype(group: ConstraintGroup, index: ConstraintIndex) -> None:
+    """Widen the group's explicit multipliers to its dual dtype (once per dtype change)."""
+    dtype = group.dual_dtype
+    if dtype is None:
+        return
+    key = group.key
+    if index.settled.get(key) == (dtype_epoch(), dtype):
+        return  # the hot path: nothing changed since the multipliers last had this dtype
+    for entry in group.entries:
+        if entry.explicit:
+            entry.multiplier.follow_dtype_(dtype, index.dual_optimizer)  # type: ignore[union-attr]
+    if len(index.settled) >= 64:  # layouts that keep changing: keep the cache small
+        index.settled.clear()
+    index.settled[key] = (dtype_epoch(), dtype)
+
+
 def assemble(
     state: ProblemState, index: ConstraintIndex, *, check_finite: bool = True
 ) -> AssembledLagrangian:
-    """Build the step's differentiable Lagrangian (see the module docstring).
+    r"""Build the step's differentiable Lagrangian (see the module docstring).
 
     The closed-form dual gradients of explicit multipliers are accumulated into their
     ``.grad`` here, once the state is validated; the backward pass of the returned objective
     adds the primal gradients (and those of implicit multipliers).
 
+    Args:
+        state: The problem's state.
+        index: The constraint index of the problem (and the dual optimizer).
+        check_finite: Check the state at the step's one host synchronization: finiteness,
+            and the indices of :class:`~conopt.multipliers.IndexedMultiplier`\ s not on the
+            host. ``False`` only for a state that an earlier call has already checked.
+
     Raises:
-        NonFiniteError: A loss or constraint value is NaN/Inf (when ``check_finite``); nothing
-            has been changed.
-        ValueError: A constraint is unregistered or its value has the wrong shape.
+        NonFiniteError: A loss or constraint value, or a multiplier plus its dual gradient,
+            is NaN/Inf (when ``check_finite``); nothing has been changed.
+        ValueError: A constraint is unregistered, its value has the wrong shape, or its
+            indices are out of range; nothing has been changed.
     """
     groups = group_constraints(state, index)
     objective = state.loss
@@ -575,7 +735,10 @@ def assemble(
             term = _scale_summed_terms(term, group)
         objective = objective + (term if term.dim() == 0 else term.sum())
         if group.all_explicit or any(e.explicit for e in group.entries):
-            group.direction = group.formulation.dual_direction(group.strict_values, rho)
+            unchecked += _dual_direction(group, rho, detached, check_finite)
+        if check_finite and group.index_checks:
+            # Folded into the step's one host synchronization (NaN: refused, then named).
+            unchecked += [torch.where(u, math.nan, 0.0) for _, _, u in group.index_checks]
         records.append(
             GroupRecord(
                 inequality=group.inequality,
@@ -587,21 +750,9 @@ def assemble(
             )
         )
     if check_finite:
-        checked = objective
-        if unchecked:
-            checked = checked.detach() + torch.stack(unchecked).sum()
-        finite = math.isfinite(checked.item())  # the step's one host synchronization
-        everywhere = finite
-        if ranks > 1:  # all ranks refuse together
-            everywhere = distributed.all_agree(finite, checked.device)
-        if not finite:
-            _raise_nonfinite(state, groups)
-        if not everywhere:
-            raise NonFiniteError(
-                "a loss or constraint value is not finite on another rank; the step was "
-                "refused on every rank."
-            )
+        _refuse_nonfinite(state, groups, objective, unchecked, ranks)
     for group in groups:
+        _follow_values_dtype(group, index)
         group.write_dual_gradients()
     return AssembledLagrangian(
         objective=objective, loss=state.loss.detach(), groups=groups, records=records

@@ -2,6 +2,9 @@
 
 import contextlib
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -170,3 +173,43 @@ def test_a_nonfinite_value_on_one_rank_refuses_the_step_on_every_rank(tmp_path):
     assert "constraint 'mean'" in out[1]["raise"] and "NaN" in out[1]["raise"]
     assert "not finite on another rank" in out[0]["raise"]
     assert out[0]["skip"] == out[1]["skip"] == (1, 0.0)
+
+
+_EXIT_SCRIPT = """
+import os, sys, tempfile
+import torch
+import conopt  # before any process group: the fix under test
+import torch.distributed as dist
+
+def threads():
+    return [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+
+store = tempfile.mktemp()
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+model(torch.ones(3, 2)).sum().backward()
+del model
+dist.destroy_process_group()
+print(sorted(set(threads())))
+"""
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+def test_destroying_the_group_after_ddp_stops_its_worker_threads():
+    """After DDP and ``destroy_process_group()`` no gloo thread is left to outlive the interpreter.
+
+    DDP's constructor imports ``torch.distributed.nn.functional``; imported while a group exists,
+    its default arguments keep that group alive and its worker threads run into interpreter
+    shutdown, where they can abort the process. Importing conopt first prevents it.
+    """
+    completed = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    threads = completed.stdout.strip().splitlines()[-1]
+    assert "gloo" not in threads, threads

@@ -43,8 +43,8 @@ class Budget(conopt.ConstrainedProblem):
 METHODS = ["simultaneous", "alternating", "dual_first", "extragradient", "open"]
 
 
-def _build(method, **kwargs):
-    problem = Budget()
+def _build(method, problem=None, **kwargs):
+    problem = Budget() if problem is None else problem
     x = torch.tensor([0.2, -0.3, 0.4], **D).requires_grad_()
     if method == "extragradient":
         primal = ExtraSGD([x], lr=0.1, momentum=0.9)
@@ -289,3 +289,123 @@ def test_load_state_dict_refuses_a_missing_dual_state():
     state = optimizer.state_dict() | {"dual": None}
     with pytest.raises(ValueError, match="disagree on having a dual optimizer"):
         optimizer.load_state_dict(state)
+
+
+# ------------------------------------------------------------------ indices out of range
+class Rows(conopt.ConstrainedProblem):
+    """Per-sample constraints x_i <= 0.5 of the samples named by ``indices``, of 4 samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = conopt.Constraint("<=", multiplier=conopt.IndexedMultiplier(4, init=0.5))
+
+    def evaluate(self, x, indices=(0, 2, 3)):
+        state = conopt.ConstraintState(x - 0.5, indices=torch.tensor(indices))
+        return conopt.ProblemState(loss=((x - 1) ** 2).sum(), constraints={self.rows: state})
+
+
+@pytest.fixture(params=["host", "folded"])
+def index_check(request, monkeypatch):
+    """Indices range-checked at once (host indices), or at the step's one host sync (device)."""
+    if request.param == "folded":
+        monkeypatch.setattr(conopt.IndexedMultiplier, "host_checked_devices", frozenset())
+    return request.param
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("policy", ["raise", "skip"])  # a malformed state is never skipped
+@pytest.mark.parametrize("indices", [(0, 9, 3), (0, -1, 3)], ids=["N+5", "negative"])
+def test_indices_out_of_range_are_named_before_any_change(method, policy, indices, index_check):
+    problem, x, optimizer = _build(method, problem=Rows(), on_nonfinite=policy)
+    before = _everything(problem, x, optimizer)
+    bad = indices[1]
+    message = rf"constraint 'rows': indices must be in \[0, 4\).*\[{bad}\]; the step was refused"
+    with pytest.raises(ValueError, match=message) as error:
+        _take_step(method, optimizer, lambda: problem.evaluate(x, indices))
+    assert not isinstance(error.value, NonFiniteError)
+    assert_same(_everything(problem, x, optimizer), before)
+    _take_step(method, optimizer, lambda: problem.evaluate(x))  # and the next step works
+
+
+@pytest.mark.parametrize("method", ["alternating", "extragradient"])
+def test_indices_out_of_range_at_the_second_evaluation_restore_the_parameters(method, index_check):
+    problem, x, optimizer = _build(method, problem=Rows())
+    before = snapshot(x, problem, optimizer.step_count)
+    calls = []
+
+    def closure():
+        calls.append(None)
+        return problem.evaluate(x, (0, 2, 3) if len(calls) == 1 else (0, 2, 4))
+
+    with pytest.raises(ValueError, match=r"constraint 'rows': indices must be in \[0, 4\)"):
+        optimizer.step(closure)
+    assert len(calls) == 2
+    assert_same(snapshot(x, problem, optimizer.step_count), before)
+
+
+def test_indices_of_a_float_dtype_are_named():
+    problem, x, optimizer = _build("open", problem=Rows())
+    state = conopt.ConstraintState(x - 0.5, indices=torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"constraint 'rows': the indices .* int64 or int32"):
+        optimizer.lagrangian(conopt.ProblemState(loss=x.sum(), constraints={problem.rows: state}))
+
+
+def test_indices_out_of_range_in_an_accumulated_micro_batch_are_named(index_check):
+    problem, x, optimizer = _build("open", problem=Rows())
+    optimizer.zero_grad()
+    optimizer.lagrangian(problem.evaluate(x, (0, 1, 2))).backward()
+    grads = snapshot(problem.rows.multiplier.weight.grad)
+    with pytest.raises(ValueError, match=r"'rows': indices must be in \[0, 4\).*\[-1\]"):
+        optimizer.lagrangian(problem.evaluate(x, (3, -1, 3)))
+    assert_same(snapshot(problem.rows.multiplier.weight.grad), grads)
+
+
+# ----------------------------------------------------------------- non-finite dual updates
+class Overflowing(conopt.ConstrainedProblem):
+    """Finite values whose dual updates overflow when ``corrupt`` scales them.
+
+    ``cap``: an augmented Lagrangian inequality with a huge rho, strictly satisfied: its term
+    stays flat (finite), but rho * g overflows once g is scaled up. ``big``: a multiplier near
+    the largest float64 whose strict value pushes lambda + g past it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.cap = conopt.Constraint("<=", formulation=conopt.AugmentedLagrangian(rho=1e300))
+        self.big = conopt.Constraint("==", multiplier=conopt.DenseMultiplier(init=1e308))
+
+    def evaluate(self, x, **corrupt):
+        cap = (x.sum() - 10) * corrupt.get("cap", 1.0)
+        big = x.sum() * 0.0  # the strict value alone drives the multiplier
+        strict = big.detach() + corrupt.get("big", 0.0)
+        return conopt.ProblemState(
+            loss=((x - 1) ** 2).sum(),
+            constraints={self.cap: cap, self.big: conopt.ConstraintState(big, strict)},
+        )
+
+
+DUAL_OVERFLOWS = [
+    pytest.param({"cap": 1e10}, "constraint 'cap': its dual update is not finite", id="rho-g"),
+    pytest.param({"big": 1e308}, "constraint 'big': its dual update is not finite", id="lam+g"),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("corrupt", "message"), DUAL_OVERFLOWS)
+def test_nonfinite_dual_updates_raise_before_any_change(method, corrupt, message):
+    problem, x, optimizer = _build(method, problem=Overflowing())
+    before = _everything(problem, x, optimizer)
+    with pytest.raises(NonFiniteError, match=message + r" in the multiplier's dtype torch\."):
+        _take_step(method, optimizer, lambda: problem.evaluate(x, **corrupt))
+    assert_same(_everything(problem, x, optimizer), before)
+    assert all(torch.isfinite(p).all() for p in problem.dual_parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("corrupt", "message"), DUAL_OVERFLOWS)
+def test_nonfinite_dual_updates_are_skipped_with_nothing_changed(method, corrupt, message):
+    problem, x, optimizer = _build(method, problem=Overflowing(), on_nonfinite="skip")
+    before = _everything(problem, x, optimizer)
+    report = _take_step(method, optimizer, lambda: problem.evaluate(x, **corrupt))
+    assert report.skipped and optimizer.skipped_steps == 1
+    assert_same(_everything(problem, x, optimizer)[:4], before[:4])

@@ -1,5 +1,7 @@
 """Specification of conopt.multipliers: dense, indexed and implicit multipliers."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -212,3 +214,116 @@ def test_implicit_equality_multiplier_allows_restarts_flag():
     problem = _problem(c=_implicit("=="))
     x = torch.zeros(1, requires_grad=True)
     _optimizer(problem, x, _sgd(problem), dual_restarts=True)  # restarts concern inequalities
+
+
+# ------------------------------------------------------------------------------- Dtypes
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _float32_built(*constraints):
+    """A problem whose multipliers are built float32 (the default dtype of most programs)."""
+    with _default_dtype(torch.float32):
+        return _problem(**{f"c{i}": c() for i, c in enumerate(constraints)})
+
+
+def _scalar_step(problem, x, value):
+    constraints = dict.fromkeys(problem.constraints(), x.sum() + value)
+    return conopt.ProblemState(loss=(x**2).sum(), constraints=constraints)
+
+
+@pytest.mark.parametrize("dual", ["sgd", "adam"])
+def test_float32_multipliers_follow_float64_values_and_hold_2_5e52(dual):
+    problem = _float32_built(lambda: conopt.Constraint("<="))
+    weight = problem.c0.multiplier.weight
+    assert weight.dtype == torch.float32
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    if dual == "sgd":
+        dual_optimizer = _sgd(problem, momentum=0.5)
+    else:
+        dual_optimizer = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
+    optimizer = _optimizer(problem, x, dual_optimizer)
+    report = optimizer.step(lambda: _scalar_step(problem, x, 2.5e52))  # finite in float64
+    assert not report.skipped
+    assert problem.c0.multiplier.weight is weight and weight.dtype == torch.float64
+    assert bool(torch.isfinite(weight).all())
+    expected = 0.1 * 2.5e52 if dual == "sgd" else 0.1  # Adam's first step is lr * sign
+    assert weight.item() == pytest.approx(expected, rel=1e-12)
+    state = dual_optimizer.state[weight]
+    assert all(v.dtype == torch.float64 for k, v in state.items() if k != "step")
+
+
+def test_multipliers_are_widened_with_their_optimizer_state_exactly():
+    problem = _float32_built(lambda: conopt.Constraint("<=", 3))
+    weight = problem.c0.multiplier.weight
+    x = torch.zeros(3, dtype=torch.float32, requires_grad=True)
+    dual = torch.optim.Adam(problem.dual_parameters(), lr=0.1, maximize=True)
+    optimizer = _optimizer(problem, x, dual)
+    values = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float32)
+    optimizer.step(lambda: _scalar_step(problem, x, values))
+    before = [weight.detach().clone()] + [v.clone() for v in dual.state[weight].values()]
+    assert weight.dtype == torch.float32  # float32 values: nothing to follow
+    x64 = x.detach().double().requires_grad_()
+    optimizer.lagrangian(_scalar_step(problem, x64, torch.zeros(3, dtype=torch.float64)))
+    after = [weight.detach(), *dual.state[weight].values()]
+    assert weight.dtype == torch.float64 and weight.grad.dtype == torch.float64
+    for old, new in zip(before, after, strict=True):
+        assert torch.equal(new, old.to(new.dtype))  # widening changes no value
+    assert dual.state[weight]["exp_avg"].dtype == torch.float64
+    assert dual.state[weight]["step"].dtype == before[1].dtype  # the counter keeps its dtype
+
+
+def test_multipliers_are_never_narrowed():
+    problem = _problem(c=conopt.Constraint("=="))  # float64, the tests' default dtype
+    x = torch.zeros((), dtype=torch.float32, requires_grad=True)
+    optimizer = _optimizer(problem, x, _sgd(problem))
+    optimizer.step(lambda: _scalar_step(problem, x, 0.5))
+    assert problem.c.multiplier.weight.dtype == torch.float64
+    assert problem.c.multiplier.weight.item() == 0.05
+
+
+def test_a_group_of_mixed_dtypes_follows_together_also_after_module_to():
+    with _default_dtype(torch.float32):
+        first = conopt.Constraint("<=")
+    problem = _problem(a=first, b=conopt.Constraint("<="))  # b is built float64
+    x = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = _optimizer(problem, x, _sgd(problem))
+    for _ in range(2):  # the second step takes the cached fast path
+        optimizer.step(lambda: _scalar_step(problem, x, 1e45))
+    assert [p.dtype for p in problem.dual_parameters()] == [torch.float64] * 2
+    with torch.no_grad():
+        torch._foreach_zero_(list(problem.dual_parameters()))
+    problem.float()  # the user narrows them: the next step widens them again
+    optimizer.step(lambda: _scalar_step(problem, x, 1e45))
+    assert [p.dtype for p in problem.dual_parameters()] == [torch.float64] * 2
+    assert all(1e43 < p.item() < 1e45 for p in problem.dual_parameters())  # > float32 max
+
+
+def test_indexed_multiplier_follows_float64_values():
+    problem = _float32_built(lambda: _indexed(num=4))
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optimizer = _optimizer(problem, x, _sgd(problem, momentum=0.9))
+    state = conopt.ConstraintState(x + 1e45, indices=torch.tensor([1, 3]))  # > float32 max
+    optimizer.step(lambda: conopt.ProblemState(loss=x.sum(), constraints={problem.c0: state}))
+    weight = problem.c0.multiplier.weight
+    assert weight.dtype == torch.float64
+    assert weight.tolist() == pytest.approx([0.0, 1e44, 0.0, 1e44], rel=1e-15)
+
+
+def test_a_float32_state_dict_loads_into_a_widened_multiplier_and_back():
+    problem = _float32_built(lambda: conopt.Constraint("==", 2))
+    saved32 = {k: v.clone() for k, v in problem.state_dict().items()}
+    with torch.no_grad():
+        problem.c0.multiplier.weight.copy_(torch.tensor([0.1, 0.2]))
+    wide = {"c0.multiplier.weight": torch.tensor([0.1, 0.2], dtype=torch.float64)}
+    problem.load_state_dict(wide)  # widens the float32 multiplier: loading is exact
+    assert problem.c0.multiplier.weight.dtype == torch.float64
+    assert torch.equal(problem.c0.multiplier.weight.detach(), wide["c0.multiplier.weight"])
+    problem.load_state_dict(saved32)  # an older float32 state dict still loads
+    assert torch.equal(problem.c0.multiplier.weight.detach(), torch.zeros(2, dtype=torch.float64))

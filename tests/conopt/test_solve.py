@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -253,6 +254,94 @@ def test_status_no_progress_with_a_wrong_gradient():
 
     result = conopt.solve(Broken(), torch.ones(1, dtype=f64))
     assert result.status == 4 and "no further progress" in result.message
+
+
+class RosenbrockInDisk(conopt.ConstrainedProblem):
+    """Rosenbrock's function in the disk x^2 + y^2 <= 2: x* = (1, 1) on the circle, f* = 0."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+        self.disk = conopt.Constraint("<=")
+
+    def evaluate(self, x: torch.Tensor) -> conopt.ProblemState:
+        f = self.scale * (100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2)
+        return conopt.ProblemState(f, {self.disk: (x**2).sum() - 2})
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_rosenbrock_in_the_disk_converges_to_the_optimum(scale):
+    # Issue #12, item 12: ||grad f(x0)||_inf = 215.6 at (-1.2, 1); with stationarity measured
+    # relative to it the solver said "converged" 4.6e-4 from (1, 1). The test is absolute now.
+    result = conopt.solve(RosenbrockInDisk(scale), torch.tensor([-1.2, 1.0], dtype=f64))
+    assert result.success, result.message
+    assert float((result.x - 1).abs().max()) <= 1e-6
+    assert result.fun <= 1e-11 * scale
+    assert result.max_violation <= 1e-7
+    assert result.kkt.stationarity <= math.sqrt(2) * 1e-5  # its 2-norm; the test is on max
+
+
+def test_stationarity_tolerance_is_relaxed_by_large_multipliers_only_up_to_a_cap():
+    def merit(stationarity: float, multiplier_size: float) -> float:
+        kkt = alm._KKT(0.0, 0.0, stationarity, multiplier_size)
+        return kkt.merit(feasibility_tol=1e-7, optimality_tol=1e-5)
+
+    # s_d = max(1, mean |multiplier| / 100), at most 100.
+    assert merit(1e-5, 0.0) == pytest.approx(1.0)
+    assert merit(1e-4, 50.0) == pytest.approx(10.0)  # small multipliers: absolute
+    assert merit(1e-4, 1e3) == pytest.approx(1.0)  # s_d = 10
+    assert merit(1e-3, 1e9) == pytest.approx(1.0)  # s_d capped at 100
+    assert merit(1.0, 1e12) > 1.0
+
+
+class Unbounded(conopt.ConstrainedProblem):
+    """min x1 + x2 + c x1^2 s.t. x1 <= 1: unbounded below (x2 -> -inf)."""
+
+    def __init__(self, curvature: float = 0.0) -> None:
+        super().__init__()
+        self.curvature = curvature
+        self.cap = conopt.Constraint("<=")
+        self.points: list[torch.Tensor] = []
+
+    def evaluate(self, x: torch.Tensor) -> conopt.ProblemState:
+        self.points.append(x.detach().clone())
+        f = x.sum() + self.curvature * x[0] ** 2
+        return conopt.ProblemState(f, {self.cap: x[0] - 1})
+
+
+@pytest.mark.parametrize(
+    ("curvature", "x0"),
+    [(0.0, (0.0, 0.0)), (0.0, (-3.0, 5.0)), (0.0, (2.0, 1.0)), (1.0, (0.5, -2.0))],
+)
+def test_unbounded_problem_is_detected(curvature, x0):
+    # Issue #12, item 12: this ran 50 x 500 inner iterations (11 s) creeping by unit steps
+    # and returned x0 with "outer iteration limit reached".
+    problem = Unbounded(curvature)
+    result = conopt.solve(problem, torch.tensor(x0, dtype=f64))
+    assert result.status == 6 and not result.success
+    assert "unbounded" in result.message
+    assert result.nit <= 2 and result.ninner <= 50 and result.nfev <= 60
+    assert result.fun <= -1e20 or float(result.x.abs().max()) >= 1e20
+    assert result.max_violation <= 1e-7
+    if curvature == 0:  # every step is accepted in full: the evaluations are the iterates
+        # The steps grow geometrically, never more than tenfold from one step to the next.
+        steps = [float((b - a).abs().max()) for a, b in itertools.pairwise(problem.points)]
+        assert all(b <= 10 * a * (1 + 1e-12) for a, b in itertools.pairwise(steps))
+        assert steps[-1] >= 1e18
+
+
+def test_bounded_problem_with_a_linear_direction_is_not_unbounded():
+    # min x1 + x2 s.t. x1^2 + x2^2 <= 1e6: the steps extrapolated along the linear objective
+    # overshoot the disk, and the solve must still end at x* = -(1e3 / sqrt 2) (1, 1).
+    class BigDisk(Unbounded):
+        def evaluate(self, x):
+            return conopt.ProblemState(x.sum(), {self.cap: (x**2).sum() - 1e6})
+
+    result = conopt.solve(BigDisk(), torch.zeros(2, dtype=f64))
+    assert result.success, result.message
+    torch.testing.assert_close(
+        result.x, torch.full((2,), -1e3 / math.sqrt(2), dtype=f64), atol=1e-6, rtol=0
+    )
 
 
 # ----------------------------------------------------------------------------------------------

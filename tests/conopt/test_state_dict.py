@@ -120,3 +120,44 @@ def test_optimizer_state_dict_holds_both_players_and_the_counters():
     assert set(state) == {"primal", "dual", "step_count", "skipped_steps"}
     assert len(state["primal"]) == 1 and state["step_count"] == 2
     assert state["dual"]["state"]  # Adam moments of the multipliers
+
+
+def _float32_built_float64_run():
+    """A float64 problem whose multipliers are built float32 (the default dtype of most code)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        problem = QP(DATA, split=True, ineq_init=0.5)
+    finally:
+        torch.set_default_dtype(previous)
+    x = torch.zeros(DATA.n, dtype=torch.float64).requires_grad_()
+    dual = torch.optim.Adam(problem.dual_parameters(), lr=0.05, maximize=True)
+    return problem, x, SimultaneousGDA(problem, _sgd([x], lr=0.05), dual)
+
+
+def test_multipliers_that_followed_float64_values_resume_bit_for_bit():
+    reference = _float32_built_float64_run()
+    _run(*reference, 2 * K)
+    assert {p.dtype for p in reference[0].dual_parameters()} == {torch.float64}
+
+    first = _float32_built_float64_run()
+    _run(*first, K)
+    buffer = io.BytesIO()
+    problem, x, optimizer = first
+    torch.save(
+        {"x": x.detach(), "problem": problem.state_dict(), "optimizer": optimizer.state_dict()},
+        buffer,
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer)
+
+    problem, x, optimizer = resumed = _float32_built_float64_run()
+    assert {p.dtype for p in problem.dual_parameters()} == {torch.float32}
+    with torch.no_grad():
+        x.copy_(saved["x"])
+    problem.load_state_dict(saved["problem"])  # widens the multipliers: no value is rounded
+    optimizer.load_state_dict(saved["optimizer"])
+    assert {p.dtype for p in problem.dual_parameters()} == {torch.float64}
+    _run(*resumed, K)
+
+    assert_same(_final(*resumed), _final(*reference))

@@ -170,6 +170,12 @@ def test_two_process_run_matches_one_process_run(ddp_run, tmp_path, monkeypatch)
     assert single.history[0]["skipped_steps"] == 1 and one["skipped_steps"] == 0
 
 
+def test_the_result_holds_no_ddp_wrapper(ddp_run):
+    # train() tears down a group it created while its result is alive: a DDP wrapper kept in
+    # the result would keep the group, and its worker threads, alive into interpreter shutdown.
+    assert [rank["problem_model"] for rank in ddp_run["ranks"]] == ["MLP", "MLP"]
+
+
 def test_only_rank_0_logs_and_reports(ddp_run):
     # two CLI calls (1 epoch, then --resume to 2), each reported once, by rank 0
     assert ddp_run["stdout"].count("done: test error") == 2
@@ -215,8 +221,8 @@ def _worker(output_dir: str, accumulation: int) -> None:
     results = []
     original = trainer.train
 
-    def capture(config):
-        results.append(original(config))
+    def capture(config, **options):
+        results.append(original(config, **options))
         return results[-1]
 
     trainer.train = capture
@@ -228,12 +234,28 @@ def _worker(output_dir: str, accumulation: int) -> None:
         "multipliers": _multipliers(result),
         "digest": _digest(result.model),
         "final": result.final,
+        "problem_model": type(result.problem.model).__name__,
     }
     gathered: list[dict | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     if dist.get_rank() == 0:
         Path(os.environ[REPORT_VARIABLE]).write_text(json.dumps(gathered))
+    results.clear()
+    del result, gathered
     dist.destroy_process_group()
+    # Nothing the CLI returned may keep the group (and its worker threads) alive: a gloo thread
+    # still running at interpreter shutdown can abort the process after training finished.
+    left = _gloo_threads()
+    if left:
+        raise SystemExit(f"rank {mine['rank']}: gloo threads alive after destroy: {left}")
+
+
+def _gloo_threads() -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return []
+    tasks = Path("/proc/self/task")
+    names = [(tasks / tid / "comm").read_text().strip() for tid in os.listdir(tasks)]
+    return [name for name in names if "gloo" in name]
 
 
 if __name__ == "__main__":

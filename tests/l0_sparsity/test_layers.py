@@ -1,7 +1,10 @@
 """Gated layers, the dead-channel BatchNorm, model-level helpers and sparsify()."""
 
 import copy
+import dataclasses
+import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -446,3 +449,173 @@ def test_sparsify_can_be_applied_again_to_a_partly_gated_training_model():
 def test_sparsify_rejects_a_bare_layer():
     with pytest.raises(ValueError, match="container"):
         sparsify(nn.Linear(2, 2))
+
+
+# --------------------------------------------------------------------------- sparsify: report
+
+
+class _Attention(nn.Module):
+    """A tiny transformer-ish model: attention, a Conv1d, an embedding and two Linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.ff = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        x = self.norm(x + self.attn(x, x, x, need_weights=False)[0])
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return self.head(torch.relu(self.ff(x)))
+
+
+_ATTENTION_LEFT_DENSE = (
+    ("embed", "Embedding"),
+    ("attn", "MultiheadAttention"),
+    ("attn.out_proj", "NonDynamicallyQuantizableLinear"),
+    ("conv", "Conv1d"),
+)
+
+
+def test_sparsify_reports_what_it_gated_on_the_model():
+    model = sparsify(_user_model(), skip="6")
+    report = model.sparsify_report
+    assert report.model == "Sequential"
+    assert report.gated == ("0", "3") and report.gated_norms == ("1",)
+    assert report.skipped == ("6",)
+    assert report.not_gateable == () and report.unmatched_patterns == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.gated = ()  # type: ignore[misc]
+
+
+def test_sparsify_logs_its_summary_at_info(caplog):
+    with caplog.at_level(logging.INFO, logger="l0_sparsity.layers"):
+        sparsify(_user_model(), skip="6")
+    (record,) = [r for r in caplog.records if r.name == "l0_sparsity.layers"]
+    assert record.levelno == logging.INFO
+    assert "gated 2 layer(s) [0, 3]" in record.getMessage()
+    assert "kept dense by skip: [6]" in record.getMessage()
+
+
+def test_sparsify_warns_about_and_reports_layers_it_cannot_gate():
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    tokens = torch.randint(0, 10, (2, 5))
+    expected = model(tokens)
+    with pytest.warns(UserWarning, match="cannot gate them") as caught:
+        sparsify(model)
+    message = str(caught[0].message)
+    for name, kind in _ATTENTION_LEFT_DENSE:
+        assert f"{name} ({kind})" in message
+    assert "_Attention" in message
+    report = model.sparsify_report
+    assert report.gated == ("ff", "head")
+    assert report.not_gateable == _ATTENTION_LEFT_DENSE
+    assert type(model.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert type(model.conv) is nn.Conv1d and type(model.embed) is nn.Embedding
+    for _, layer in gated_layers(model):
+        with torch.no_grad():
+            layer.log_alpha.fill_(OPEN)
+    torch.testing.assert_close(model(tokens), expected)
+
+
+def test_a_skip_pattern_naming_a_layer_it_cannot_gate_acknowledges_it():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = sparsify(_Attention(), skip=["embed", "attn", "attn.*", "conv"])
+    report = model.sparsify_report
+    assert report.skipped == ("embed", "attn", "attn.out_proj", "conv")
+    assert report.not_gateable == () and report.gated == ("ff", "head")
+
+
+def test_a_skip_predicate_is_only_asked_about_linear_and_conv2d_layers():
+    asked: list[str] = []
+
+    def wide(name: str, module: nn.Module) -> bool:
+        asked.append(name)
+        return module.in_features > 8  # only Linear layers have in_features
+
+    with pytest.warns(UserWarning, match="cannot gate them"):
+        model = sparsify(_Attention(), skip=wide)
+    assert asked == ["ff", "head"]
+    assert model.sparsify_report.skipped == ("head",) and type(model.head) is nn.Linear
+
+
+def test_a_linear_with_hooks_is_left_dense_with_a_warning():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    seen: list[torch.Size] = []
+    model[2].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with pytest.warns(UserWarning, match=r"2 \(Linear with hooks\)"):
+        sparsify(model)
+    assert type(model[2]) is nn.Linear and isinstance(model[0], L0Linear)
+    model(torch.randn(5, 3))
+    assert seen == [torch.Size([5, 2])]
+
+
+def test_a_skip_pattern_that_matches_nothing_is_warned_about_by_name():
+    with pytest.warns(UserWarning, match=r"skip pattern 'classifier\.\*' matched no layer"):
+        model = sparsify(_user_model(), skip=["6", "classifier.*"])
+    assert model.sparsify_report.unmatched_patterns == ("classifier.*",)
+    assert [name for name, _ in gated_layers(model)] == ["0", "3"]
+
+
+def test_skip_patterns_naming_already_gated_layers_are_not_unmatched():
+    model = sparsify(_user_model(), skip="3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsify(model, skip=["0", "6"])
+    assert model.sparsify_report.gated == ("3",)
+    assert model.sparsify_report.unmatched_patterns == ()
+
+
+def test_a_non_string_skip_pattern_is_refused():
+    with pytest.raises(TypeError, match=r"skip patterns must be strings.*6 \(int\)"):
+        sparsify(_user_model(), skip=["0", 6])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (
+            nn.Sequential(nn.ReLU(), nn.LayerNorm(3)),
+            r"sparsify\(Sequential\): nothing to gate: it ",
+        ),
+        (nn.Sequential(nn.Conv1d(3, 3, 1)), r"no nn.Linear or nn.Conv2d.*0 \(Conv1d\)"),
+        (nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), r"skip matched every layer.*\[0, 1\]"),
+    ],
+    ids=["no layers", "only conv1d", "all skipped"],
+)
+def test_a_model_with_nothing_to_gate_is_refused_when_sparsified(model, match):
+    skip = "*" if len(model) == 2 and isinstance(model[0], nn.Linear) else None
+    before = copy.deepcopy(model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=match):
+            sparsify(model, skip=skip)
+    assert not hasattr(model, "sparsify_report") and not hasattr(model, "joint_sampling")
+    assert not gated_layers(model)
+    assert model.state_dict().keys() == before.keys()
+
+
+def test_a_conv_with_another_padding_mode_is_refused_before_anything_changes():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match=r"layer '1' uses padding_mode='reflect'"):
+        sparsify(model)
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.Conv2d
+    sparsify(model, skip="1")
+    assert isinstance(model[0], L0Linear) and type(model[1]) is nn.Conv2d
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet18_cifar"])
+def test_the_built_in_models_sparsify_without_warnings(name):
+    from l0_sparsity.models import build_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model(name)
+    report = model.sparsify_report
+    assert report.gated and report.not_gateable == () and report.unmatched_patterns == ()

@@ -414,7 +414,9 @@ def test_cli_corrupted_checkpoint_is_refused_and_kept(garbage):
         (path / "checkpoint.pt").write_bytes(garbage)
         (path / "metrics.csv").write_text("epoch,train_loss\n0,1.0\n")
         before = _digests(path)
-        _assert_one_clear_error(*_capture_stderr(lambda: main(smoke_cli(path, "--resume"))))
+        code, err = _capture_stderr(lambda: main(smoke_cli(path, "--resume")))
+        _assert_one_clear_error(code, err)
+        _assert_no_unsafe_load_advice(err)
         assert _digests(path) == before
 
 
@@ -426,8 +428,16 @@ def test_cli_truncated_real_checkpoint_is_refused(finished_run, cut):
         data = (finished_run / "checkpoint.pt").read_bytes()
         (path / "checkpoint.pt").write_bytes(data[: int(len(data) * cut)])
         before = _digests(path)
-        _assert_one_clear_error(*_capture_stderr(lambda: main(smoke_cli(path, "--resume"))))
+        code, err = _capture_stderr(lambda: main(smoke_cli(path, "--resume")))
+        _assert_one_clear_error(code, err)
+        _assert_no_unsafe_load_advice(err)
+        assert ("empty file" if int(len(data) * cut) == 0 else "truncated or corrupted") in err
         assert _digests(path) == before
+
+
+def _assert_no_unsafe_load_advice(err: str) -> None:
+    """A refused checkpoint's message never suggests ``weights_only=False`` (issue #12)."""
+    assert "weights_only" not in err and "weights only" not in err.lower(), err
 
 
 def test_checkpoint_of_another_model_names_both(finished_run, tmp_path, capsys):

@@ -92,3 +92,20 @@ def test_constrained_training_lowers_density_toward_target(model):
     for _ in range(60):
         optimizer.step(lambda: problem.evaluate(inputs, targets))
     assert float(expected_density(model).detach()) < start - 0.1
+
+
+def test_the_model_can_be_swapped_for_another_wrapper_of_the_same_layers(model):
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, x):
+            return self.module(x)
+
+    problem = SparsityProblem(Wrapper(model), target=0.3)
+    problem.set_model(model)  # what the trainer does to drop its DDP wrapper
+    assert problem.model is model
+    assert not any(key.startswith("model") for key in problem.state_dict())
+    with pytest.raises(ValueError, match="does not hold this problem's gated layers"):
+        problem.set_model(build_model("mlp"))
