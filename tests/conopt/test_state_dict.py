@@ -68,6 +68,17 @@ def _final(problem, x, optimizer):
     return [x.detach().clone(), problem.state_dict(), optimizer.state_dict()]
 
 
+def _saved(problem, x, optimizer):
+    """A run's checkpoint after a round trip through ``torch.save`` / ``torch.load``."""
+    buffer = io.BytesIO()
+    torch.save(
+        {"x": x.detach(), "problem": problem.state_dict(), "optimizer": optimizer.state_dict()},
+        buffer,
+    )
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(name):
     config = CONFIGS[name]
@@ -76,14 +87,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(name):
 
     first = _build(config)
     _run(*first, K)
-    buffer = io.BytesIO()
-    problem, x, optimizer = first
-    torch.save(
-        {"x": x.detach(), "problem": problem.state_dict(), "optimizer": optimizer.state_dict()},
-        buffer,
-    )
-    buffer.seek(0)
-    saved = torch.load(buffer)
+    saved = _saved(*first)
 
     problem, x, optimizer = resumed = _build(config)
     with torch.no_grad():
@@ -142,14 +146,7 @@ def test_multipliers_that_followed_float64_values_resume_bit_for_bit():
 
     first = _float32_built_float64_run()
     _run(*first, K)
-    buffer = io.BytesIO()
-    problem, x, optimizer = first
-    torch.save(
-        {"x": x.detach(), "problem": problem.state_dict(), "optimizer": optimizer.state_dict()},
-        buffer,
-    )
-    buffer.seek(0)
-    saved = torch.load(buffer)
+    saved = _saved(*first)
 
     problem, x, optimizer = resumed = _float32_built_float64_run()
     assert {p.dtype for p in problem.dual_parameters()} == {torch.float32}

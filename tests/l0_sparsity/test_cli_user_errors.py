@@ -26,7 +26,9 @@ from l0_sparsity.cli import (
     resume_command,
     target_missed,
 )
+from l0_sparsity.data import DATASETS
 from l0_sparsity.metrics import MetricsLogger
+from l0_sparsity.models import MODELS
 from l0_sparsity.presets import PRESETS, TrainConfig, field_docs, get_preset
 
 SMOKE = get_preset("synthetic_smoke").replace(threads=1, num_workers=0, device="cpu", epochs=1)
@@ -215,16 +217,8 @@ def test_every_train_flag_has_a_one_line_help_and_the_choices_are_listed():
         "optimizer": ["sgd", "adam"],
         "device": ["auto", "cpu", "cuda"],
         "on_nonfinite": ["raise", "skip"],
-        "model": ["mlp", "lenet5", "resnet18_cifar", "wrn28_10", "resnet18", "resnet50"],
-        "dataset": [
-            "mnist5k",
-            "fashion_mnist",
-            "cifar10",
-            "cifar100",
-            "tinyimagenet",
-            "imagenet",
-            "synthetic",
-        ],
+        "model": list(MODELS),
+        "dataset": list(DATASETS),
     }
     for name, choices in expected.items():
         assert list(actions[name].choices) == choices, name
