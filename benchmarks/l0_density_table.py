@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from l0_sparsity.presets import get_preset
-from l0_sparsity.train import train
+from l0_sparsity.training.presets import get_preset
+from l0_sparsity.training.trainer import train
 
 
 def _floats(text: str) -> list[float]:

@@ -23,9 +23,9 @@ import torch
 
 from benchmarks.l0_speed import forward_pass, interleaved
 from l0_sparsity.data import build_datasets
-from l0_sparsity.presets import get_preset
-from l0_sparsity.purge import purge, purge_report
-from l0_sparsity.train import train
+from l0_sparsity.purging import purge, purge_report
+from l0_sparsity.training.presets import get_preset
+from l0_sparsity.training.trainer import train
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,13 +10,14 @@ Three sections, each printing one table with the goal next to every ratio:
   and ``constrained`` (the trainer's full step: :class:`~l0_sparsity.problem.SparsityProblem`
   with its density constraint and expected-L2 term, :class:`conopt.optim.SimultaneousGDA` with
   dual restarts, through the open ``lagrangian`` / ``apply`` path). Every variant uses the
-  trainer's optimizers (:func:`l0_sparsity.train.make_optimizer`, fused SGD or Adam); learning
+  trainer's optimizers (:func:`l0_sparsity.training.trainer.make_optimizer`, fused SGD or Adam);
+  learning
   rates, target and weight decay follow the model's preset. Goal: ratio ≤ 1.3. The ``faults``
   columns count minor page faults per step (see :func:`pin_glibc_heap`).
-* ``--purge`` (b): eval-mode inference latency of :func:`l0_sparsity.purge.purge`'s output
+* ``--purge`` (b): eval-mode inference latency of :func:`l0_sparsity.purging.purge`'s output
   against the gated model at test densities 0.7 / 0.5 / 0.3 (``log α`` set so that that
   fraction of the groups of every gated layer is active), for ``mlp`` and ``resnet18_cifar`` on
-  CPU at batch 1 and 64, with parameters and FLOPs (:func:`~l0_sparsity.purge.purge_report`).
+  CPU at batch 1 and 64, with parameters and FLOPs (:func:`~l0_sparsity.purging.purge_report`).
   Goal: purged at density 0.3 is ≥ 2× faster.
 * ``--gpu`` (c): training throughput (images/s) of ``resnet18_cifar`` and ``wrn28_10`` on CUDA
   with bf16 autocast and channels_last, synthetic data, dense vs the full constrained step.
@@ -47,13 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from l0_sparsity.layers import gated_layers, test_density
 from l0_sparsity.models import build_model
-from l0_sparsity.precision import mixed_precision
-from l0_sparsity.presets import TrainConfig, get_preset
+from l0_sparsity.nn.layers import gated_layers, test_density
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.purge import purge, purge_report
-from l0_sparsity.train import (
+from l0_sparsity.purging import purge, purge_report
+from l0_sparsity.training.precision import mixed_precision
+from l0_sparsity.training.presets import TrainConfig, get_preset
+from l0_sparsity.training.trainer import (
     make_constrained_optimizer,
     make_optimizer,
     primal_parameter_groups,
@@ -267,7 +268,7 @@ def make_train_step(
 
         return TrainStep(model, step)
 
-    # As l0_sparsity.train.train does it (logging left out).
+    # As l0_sparsity.training.trainer.train does it (logging left out).
     problem = SparsityProblem(model, target=config.target, weight_decay=config.weight_decay)
     problem = problem.to(device)
     optimizer = make_constrained_optimizer(config, model, problem)

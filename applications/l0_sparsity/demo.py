@@ -13,8 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from l0_sparsity.presets import TrainConfig, get_preset
-from l0_sparsity.train import train
+from l0_sparsity.training.presets import TrainConfig, get_preset
+from l0_sparsity.training.trainer import train
 
 
 def format_table(rows: list[tuple[str, TrainConfig, dict[str, Any]]]) -> str:

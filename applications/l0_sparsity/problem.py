@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import conopt
-from l0_sparsity.gate_set import GateSet
-from l0_sparsity.layers import expected_l2, gated_layers
+from l0_sparsity.nn.gate_set import GateSet
+from l0_sparsity.nn.layers import expected_l2, gated_layers
 
 
 def _check_target(value: float, what: str) -> float:
@@ -36,10 +36,10 @@ class SparsityProblem(conopt.ConstrainedProblem):
     Exactly one of ``target``, ``layer_targets`` or ``penalty`` selects the mode.
 
     Args:
-        model: A model with gated layers (see :mod:`l0_sparsity.layers`).
+        model: A model with gated layers (see :mod:`l0_sparsity.nn.layers`).
         target: Model-wise target density :math:`\epsilon \in (0, 1]`: constraint ``density``.
         layer_targets: One target per gated layer (a sequence in the order of
-            :func:`~l0_sparsity.layers.gated_layers`, or a mapping from layer name): vector
+            :func:`~l0_sparsity.nn.layers.gated_layers`, or a mapping from layer name): vector
             constraint ``layer_density``.
         penalty: The penalized baseline: adds ``penalty * density`` to the loss, no constraint.
         weight_decay: Coefficient :math:`w` of the expected L2 norm of the gated weights, added to

@@ -10,8 +10,10 @@
 * **References.** The build is nitpicky for our own packages only: a reference to a
   ``conopt``/``l0_sparsity`` object that does not resolve warns; references to Python, PyTorch
   or NumPy objects stay plain text when intersphinx is off (offline builds).
-* **Tables.** ``.. l0-presets-table::`` (every preset of :data:`l0_sparsity.presets.PRESETS`),
-  ``.. l0-config-flags::`` (every :class:`~l0_sparsity.presets.TrainConfig` field as a flag) and
+* **Tables.** ``.. l0-presets-table::`` (every preset of
+  :data:`l0_sparsity.training.presets.PRESETS`),
+  ``.. l0-config-flags::`` (every
+  :class:`~l0_sparsity.training.presets.TrainConfig` field as a flag) and
   ``.. l0-cli-help:: [SUBCOMMAND]`` (the argparse help text) are generated at build time.
 """
 
@@ -55,19 +57,19 @@ PREFERRED_ORDER = (
     "conopt.optim.alm",
     "conopt.optim.lagrangian",
     "l0_sparsity",
-    "l0_sparsity.gates",
-    "l0_sparsity.layers",
+    "l0_sparsity.nn.gates",
+    "l0_sparsity.nn.layers",
     "l0_sparsity.models",
     "l0_sparsity.problem",
-    "l0_sparsity.presets",
-    "l0_sparsity.train",
+    "l0_sparsity.training.presets",
+    "l0_sparsity.training.trainer",
     "l0_sparsity.cli",
     "l0_sparsity.demo",
-    "l0_sparsity.purge",
-    "l0_sparsity.purge_cli",
-    "l0_sparsity.checkpoint",
-    "l0_sparsity.metrics",
-    "l0_sparsity.distributed",
+    "l0_sparsity.purging",
+    "l0_sparsity.cli.purge",
+    "l0_sparsity.training.checkpoint",
+    "l0_sparsity.training.metrics",
+    "l0_sparsity.training.distributed",
     "l0_sparsity.data",
 )
 EXCLUDED_MODULES = ("__main__",)
@@ -450,14 +452,14 @@ class _RstDirective(SphinxDirective):
 
 
 class PresetsTable(_RstDirective):
-    """A table of every preset in ``l0_sparsity.presets.PRESETS``, generated at build time."""
+    """A table of every preset in ``l0_sparsity.training.PRESETS``, generated at build time."""
 
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from l0_sparsity.presets import PRESETS, TrainConfig
+        from l0_sparsity.training.presets import PRESETS, TrainConfig
 
-        _depend_on(self, "l0_sparsity.presets")
+        _depend_on(self, "l0_sparsity.training.presets")
         base = TrainConfig()
         header = [
             "preset",
@@ -534,14 +536,14 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 
 
 class ConfigFlags(_RstDirective):
-    """Every :class:`~l0_sparsity.presets.TrainConfig` field as its command-line flag."""
+    """Every :class:`~l0_sparsity.training.presets.TrainConfig` field as its command-line flag."""
 
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from l0_sparsity.presets import TrainConfig
+        from l0_sparsity.training.presets import TrainConfig
 
-        _depend_on(self, "l0_sparsity.presets")
+        _depend_on(self, "l0_sparsity.training.presets")
         descriptions = _attribute_docs(TrainConfig)
         hints = typing.get_type_hints(TrainConfig)
         lines = [".. list-table::", "   :header-rows: 1", "   :widths: 28 14 58", ""]
@@ -567,9 +569,9 @@ class CliHelp(SphinxDirective):
     optional_arguments = 1
 
     def run(self) -> list[nodes.Node]:
-        from l0_sparsity.cli import build_parser
+        from l0_sparsity.cli.app import build_parser
 
-        _depend_on(self, "l0_sparsity.cli", "l0_sparsity.presets")
+        _depend_on(self, "l0_sparsity.cli", "l0_sparsity.training.presets")
         previous = os.environ.get("COLUMNS")
         os.environ["COLUMNS"] = "96"
         try:

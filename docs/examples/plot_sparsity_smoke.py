@@ -7,7 +7,7 @@ The :mod:`l0_sparsity` trainer end to end, small enough for the docs build: the
 epoch, in a temporary directory. A real run is ``l0-sparsity train --preset mnist_mlp``; see
 :doc:`/sparsity/cli`.
 
-The configuration is a frozen dataclass (:class:`~l0_sparsity.presets.TrainConfig`); each field
+The configuration is a frozen dataclass (:class:`~l0_sparsity.training.TrainConfig`); each field
 is also a command-line flag.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from l0_sparsity.presets import get_preset
-from l0_sparsity.purge import purge, purge_report
-from l0_sparsity.train import train
+from l0_sparsity.purging import purge, purge_report
+from l0_sparsity.training.presets import get_preset
+from l0_sparsity.training.trainer import train
 
 run_dir = tempfile.TemporaryDirectory()
 config = get_preset("synthetic_smoke").replace(

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from l0_sparsity import train as l0_train
-from l0_sparsity.calibration import recalibrate_batchnorm
-from l0_sparsity.layers import GatedBatchNorm2d, sparsify
-from l0_sparsity.presets import get_preset
+from l0_sparsity.nn.layers import GatedBatchNorm2d, sparsify
+from l0_sparsity.training import trainer as l0_train
+from l0_sparsity.training.calibration import recalibrate_batchnorm
+from l0_sparsity.training.presets import get_preset
 
 
 def _conv_bn_net() -> nn.Module:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from l0_sparsity.checkpoint import (
+from l0_sparsity.training.checkpoint import (
     FORMAT_VERSION,
     REQUIRED_KEYS,
     CheckpointError,

@@ -17,9 +17,8 @@ import pytest
 import torch
 from l0_helpers import smoke_cli
 
-import l0_sparsity.train as trainer
-from l0_sparsity.checkpoint import load_checkpoint
-from l0_sparsity.cli import (
+import l0_sparsity.training.trainer as trainer
+from l0_sparsity.cli.app import (
     build_parser,
     config_from_args,
     main,
@@ -27,9 +26,10 @@ from l0_sparsity.cli import (
     target_missed,
 )
 from l0_sparsity.data import DATASETS
-from l0_sparsity.metrics import MetricsLogger
 from l0_sparsity.models import MODELS
-from l0_sparsity.presets import PRESETS, TrainConfig, field_docs, get_preset
+from l0_sparsity.training.checkpoint import load_checkpoint
+from l0_sparsity.training.metrics import MetricsLogger
+from l0_sparsity.training.presets import PRESETS, TrainConfig, field_docs, get_preset
 
 SMOKE = get_preset("synthetic_smoke").replace(threads=1, num_workers=0, device="cpu", epochs=1)
 ONE_EPOCH = ("--epochs", "1", "--batch-size", "128")

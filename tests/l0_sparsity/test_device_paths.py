@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import l0_sparsity.train as trainer
-from l0_sparsity.checkpoint import load_checkpoint
-from l0_sparsity.layers import gated_layers
+import l0_sparsity.training.trainer as trainer
 from l0_sparsity.models import build_model
-from l0_sparsity.presets import get_preset
-from l0_sparsity.purge import purge
+from l0_sparsity.nn.layers import gated_layers
+from l0_sparsity.purging import purge
+from l0_sparsity.training.checkpoint import load_checkpoint
+from l0_sparsity.training.presets import get_preset
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

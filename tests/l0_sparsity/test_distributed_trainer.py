@@ -1,7 +1,7 @@
 """The L0 trainer under DDP: 2 CPU processes (gloo) launched with ``torchrun``, vs 1 process.
 
 One ``python -m torch.distributed.run --nproc_per_node=2`` launch runs this file as a script
-(see ``_worker`` at the bottom): each rank goes through the real CLI (``l0_sparsity.cli.main``),
+(see ``_worker`` at the bottom): each rank goes through the real CLI (``l0_sparsity.cli.app.main``),
 first for 1 epoch, then ``--resume`` for the 2nd epoch (so every rank loads rank 0's checkpoint),
 and the ranks then all-gather their final multipliers, parameters and metrics. Rank 1's loss is
 made NaN at step ``NAN_STEP`` under ``--on-nonfinite skip``: both ranks must skip that step
@@ -42,9 +42,9 @@ from l0_helpers import smoke_cli
 
 from l0_sparsity.data import build_datasets, make_loader
 from l0_sparsity.models import build_model
-from l0_sparsity.presets import get_preset
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.train import count_correct, train
+from l0_sparsity.training.presets import get_preset
+from l0_sparsity.training.trainer import count_correct, train
 
 EPOCHS = 2
 BATCH_SIZE = 64  # global: 2 × 32 under DDP; 16 steps per epoch
@@ -212,8 +212,8 @@ def _worker(output_dir: str, accumulation: int) -> None:
     """One torchrun rank: the CLI for 1 epoch, then ``--resume`` to 2; then gather results."""
     import torch.distributed as dist
 
-    import l0_sparsity.train as trainer
-    from l0_sparsity.cli import main
+    import l0_sparsity.training.trainer as trainer
+    from l0_sparsity.cli.app import main
 
     dist.init_process_group("gloo")  # ours: train() leaves a group it did not create
     if dist.get_rank() == 1:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from l0_sparsity.gate_set import GateSet, JointSampling, sample_jointly
-from l0_sparsity.gates import HardConcrete
-from l0_sparsity.layers import L0Conv2d, L0Linear, gated_layers, sparsify
 from l0_sparsity.models import build_model
-from l0_sparsity.purge import purge
+from l0_sparsity.nn.gate_set import GateSet, JointSampling, sample_jointly
+from l0_sparsity.nn.gates import HardConcrete
+from l0_sparsity.nn.layers import L0Conv2d, L0Linear, gated_layers, sparsify
+from l0_sparsity.purging import purge
 
 
 def _mixed_layers() -> list[nn.Module]:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l0_sparsity.gates import (
+from l0_sparsity.nn.gates import (
     BETA,
     GAMMA,
     ZETA,

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from l0_sparsity.gates import HardConcrete
-from l0_sparsity.layers import (
+from l0_sparsity.nn.gates import HardConcrete
+from l0_sparsity.nn.layers import (
     GatedBatchNorm2d,
     GatedLayer,
     L0Conv2d,
@@ -493,9 +493,9 @@ def test_sparsify_reports_what_it_gated_on_the_model():
 
 
 def test_sparsify_logs_its_summary_at_info(caplog):
-    with caplog.at_level(logging.INFO, logger="l0_sparsity.layers"):
+    with caplog.at_level(logging.INFO, logger="l0_sparsity.nn.layers"):
         sparsify(_user_model(), skip="6")
-    (record,) = [r for r in caplog.records if r.name == "l0_sparsity.layers"]
+    (record,) = [r for r in caplog.records if r.name == "l0_sparsity.nn.layers"]
     assert record.levelno == logging.INFO
     assert "gated 2 layer(s) [0, 3]" in record.getMessage()
     assert "kept dense by skip: [6]" in record.getMessage()

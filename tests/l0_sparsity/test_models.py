@@ -7,19 +7,19 @@ import torch
 from l0_helpers import SPECS
 from torch import nn
 
-from l0_sparsity.layers import (
-    GatedBatchNorm2d,
-    L0Conv2d,
-    L0Linear,
-    gate_parameters,
-    gated_layers,
-)
 from l0_sparsity.models import (
     MODELS,
     block_conv_names,
     build_model,
     gate_blocks,
     resnet18_cifar,
+)
+from l0_sparsity.nn.layers import (
+    GatedBatchNorm2d,
+    L0Conv2d,
+    L0Linear,
+    gate_parameters,
+    gated_layers,
 )
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from l0_sparsity.precision import mixed_precision
+from l0_sparsity.training.precision import mixed_precision
 
 
 def test_mixed_precision_autocasts_to_a_dtype_or_disabled_for_none():

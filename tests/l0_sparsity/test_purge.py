@@ -10,9 +10,9 @@ import torch
 from l0_helpers import SPECS
 from torch import nn
 
-from l0_sparsity.layers import GatedBatchNorm2d, L0Linear, gated_layers, sparsify
 from l0_sparsity.models import build_model
-from l0_sparsity.purge import (
+from l0_sparsity.nn.layers import GatedBatchNorm2d, L0Linear, gated_layers, sparsify
+from l0_sparsity.purging import (
     PurgeReport,
     count_flops,
     count_params,

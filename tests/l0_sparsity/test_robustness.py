@@ -27,15 +27,15 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from l0_helpers import smoke_cli
 
-import l0_sparsity.train as trainer
-from l0_sparsity.checkpoint import load_checkpoint
-from l0_sparsity.cli import main
+import l0_sparsity.training.trainer as trainer
+from l0_sparsity.cli.app import main
 from l0_sparsity.data import DATASETS
-from l0_sparsity.layers import gate_parameters
 from l0_sparsity.models import MODELS, build_model
-from l0_sparsity.presets import PRESETS, get_preset
+from l0_sparsity.nn.layers import gate_parameters
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.train import train
+from l0_sparsity.training.checkpoint import load_checkpoint
+from l0_sparsity.training.presets import PRESETS, get_preset
+from l0_sparsity.training.trainer import train
 
 SMOKE = get_preset("synthetic_smoke").replace(
     threads=1, num_workers=0, device="cpu", epochs=1, batch_size=64

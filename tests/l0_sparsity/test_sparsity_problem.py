@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import conopt
-from l0_sparsity.layers import expected_density, gate_parameters
 from l0_sparsity.models import build_model
+from l0_sparsity.nn.layers import expected_density, gate_parameters
 from l0_sparsity.problem import SparsityProblem
 
 

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from l0_sparsity.checkpoint import (
+from l0_sparsity.cli.app import main
+from l0_sparsity.models import build_model
+from l0_sparsity.nn.gates import HardConcrete
+from l0_sparsity.nn.layers import gate_parameters, weight_parameters
+from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     save_atomic,
 )
-from l0_sparsity.cli import main
-from l0_sparsity.gates import HardConcrete
-from l0_sparsity.layers import gate_parameters, weight_parameters
-from l0_sparsity.models import build_model
-from l0_sparsity.presets import PRESETS, get_preset
-from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.train import (
+from l0_sparsity.training.presets import PRESETS, get_preset
+from l0_sparsity.training.trainer import (
     CHECKPOINT_NAME,
     make_constrained_optimizer,
     make_scheduler,
@@ -148,7 +148,7 @@ def test_checkpoint_survives_sigkill_while_writing(tmp_path):
     save_atomic(payload, path)
     writer = textwrap.dedent(f"""
         import torch
-        from l0_sparsity.checkpoint import FORMAT_VERSION, save_atomic
+        from l0_sparsity.training.checkpoint import FORMAT_VERSION, save_atomic
         big = torch.zeros(20_000_000)
         epoch = 1
         while True:
@@ -188,7 +188,7 @@ def test_demo_trains_both_runs_and_prints_the_table(tmp_path):
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_make_optimizer_is_fused_and_falls_back_to_foreach(kind, monkeypatch):
-    from l0_sparsity import train as trainer
+    from l0_sparsity.training import trainer as trainer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     optimizer = trainer.make_optimizer(kind, params, 0.1)
@@ -210,7 +210,7 @@ def test_make_optimizer_is_fused_and_falls_back_to_foreach(kind, monkeypatch):
 
 def test_evaluate_accuracy_counts_every_sample_once():
     from l0_sparsity.data import build_datasets, make_loader
-    from l0_sparsity.train import evaluate_accuracy
+    from l0_sparsity.training.trainer import evaluate_accuracy
 
     _, test, info = build_datasets("synthetic", num_train=8, num_test=30)
     model = build_model(

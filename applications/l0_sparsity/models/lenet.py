@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.layers import sparsify
+from l0_sparsity.nn.layers import sparsify
 
 __all__ = ["LeNet5", "lenet5"]
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from l0_sparsity.layers import sparsify
+from l0_sparsity.nn.layers import sparsify
 
 __all__ = ["MLP", "mlp"]
 

@@ -1,7 +1,7 @@
 """Residual networks: CIFAR ResNet-18 and ImageNet ResNet-18 / ResNet-50 (He et al., 2016).
 
 With ``gated=True`` every convolution *inside* a residual block gets structured output-filter
-gates, and the BatchNorm after it becomes a :class:`~l0_sparsity.layers.GatedBatchNorm2d`. The
+gates, and the BatchNorm after it becomes a :class:`~l0_sparsity.nn.layers.GatedBatchNorm2d`. The
 stem, the shortcut (``downsample``) convolutions and the classifier are never gated, so every
 block keeps its output width and the residual additions keep their shapes.
 """
@@ -14,7 +14,7 @@ from typing import TypeVar
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.layers import sparsify
+from l0_sparsity.nn.layers import sparsify
 
 __all__ = [
     "BasicBlock",
@@ -179,7 +179,7 @@ def gate_blocks(
 ) -> _Model:
     """Gate the convolutions inside ``model``'s residual blocks, in place.
 
-    Only :func:`block_conv_names` are gated (with :func:`~l0_sparsity.layers.sparsify`): never
+    Only :func:`block_conv_names` are gated (with :func:`~l0_sparsity.nn.layers.sparsify`): never
     the stem, the shortcuts or the classifier. The builders of this module and of
     :mod:`l0_sparsity.models.wrn` use it; it also gates a residual network of your own whose
     blocks list their ``inner_convs``.
@@ -194,7 +194,7 @@ def gate_blocks(
         ``model`` itself.
 
     Example:
-        >>> from l0_sparsity.layers import gated_layers
+        >>> from l0_sparsity.nn.layers import gated_layers
         >>> from l0_sparsity.models import block_conv_names, gate_blocks, resnet18_cifar
         >>> model = gate_blocks(resnet18_cifar(gated=False))
         >>> {name for name, _ in gated_layers(model)} == block_conv_names(model)

@@ -2,7 +2,7 @@
 
 Pre-activation blocks ``x + conv2(dropout(relu(bn2(conv1(relu(bn1(x)))))))``. With
 ``gated=True`` only ``conv1`` of each block gets structured output-filter gates (and ``bn2``
-becomes its :class:`~l0_sparsity.layers.GatedBatchNorm2d`), as in Louizos et al. (2018) and
+becomes its :class:`~l0_sparsity.nn.layers.GatedBatchNorm2d`), as in Louizos et al. (2018) and
 Gallego-Posada et al. (2022): the stem, ``conv2``, the shortcuts and the classifier stay dense.
 """
 

@@ -40,22 +40,22 @@ from torch import nn
 
 import conopt
 from conopt.optim.lagrangian import NonFiniteError
-from l0_sparsity import distributed
-from l0_sparsity.calibration import recalibrate_batchnorm
-from l0_sparsity.checkpoint import (
+from l0_sparsity.data import DATASETS, build_datasets, dataset_options, make_loader
+from l0_sparsity.models import build_model
+from l0_sparsity.nn.layers import gate_parameters, gated_layers, test_density, weight_parameters
+from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.training import distributed
+from l0_sparsity.training.calibration import recalibrate_batchnorm
+from l0_sparsity.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     one_line,
     save_atomic,
 )
-from l0_sparsity.data import DATASETS, build_datasets, dataset_options, make_loader
-from l0_sparsity.layers import gate_parameters, gated_layers, test_density, weight_parameters
-from l0_sparsity.metrics import MetricsLogger
-from l0_sparsity.models import build_model
-from l0_sparsity.precision import mixed_precision
-from l0_sparsity.presets import AMP_MODES, ON_NONFINITE, OPTIMIZERS, TrainConfig
-from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.training.metrics import MetricsLogger
+from l0_sparsity.training.precision import mixed_precision
+from l0_sparsity.training.presets import AMP_MODES, ON_NONFINITE, OPTIMIZERS, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 RUN_FILES = (CHECKPOINT_NAME, "metrics.csv")
@@ -369,9 +369,9 @@ def make_constrained_optimizer(
 
     Example:
         >>> from l0_sparsity.models import build_model
-        >>> from l0_sparsity.presets import get_preset
+        >>> from l0_sparsity.training.presets import get_preset
         >>> from l0_sparsity.problem import SparsityProblem
-        >>> from l0_sparsity.train import make_constrained_optimizer
+        >>> from l0_sparsity.training.trainer import make_constrained_optimizer
         >>> model = build_model("mlp")
         >>> problem = SparsityProblem(model, target=0.35)
         >>> optimizer = make_constrained_optimizer(get_preset("mnist_mlp"), model, problem)
@@ -410,9 +410,9 @@ def make_scheduler(
     Example:
         >>> import dataclasses
         >>> from l0_sparsity.models import build_model
-        >>> from l0_sparsity.presets import get_preset
+        >>> from l0_sparsity.training.presets import get_preset
         >>> from l0_sparsity.problem import SparsityProblem
-        >>> from l0_sparsity.train import make_constrained_optimizer, make_scheduler
+        >>> from l0_sparsity.training.trainer import make_constrained_optimizer, make_scheduler
         >>> config = dataclasses.replace(get_preset("mnist_mlp"), lr_milestones=(1,))
         >>> model = build_model("mlp")
         >>> problem = SparsityProblem(model, target=0.3)
@@ -551,7 +551,7 @@ def train(
             checkpoint that already holds ``config.epochs`` epochs (nothing to do).
         TrainingInterrupted: On Ctrl-C (a ``KeyboardInterrupt``), naming the last saved epoch.
         l0_sparsity.data.DatasetNotFoundError: When the dataset's files are missing.
-        l0_sparsity.checkpoint.CheckpointError: When resuming from a corrupted checkpoint or one
+        CheckpointError: When resuming from a corrupted checkpoint or one
             of a different model or constraint.
         conopt.optim.lagrangian.NonFiniteError: When a loss or constraint value is NaN/Inf and
             ``config.on_nonfinite == "raise"``; the message names it.

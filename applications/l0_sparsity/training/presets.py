@@ -79,8 +79,8 @@ class TrainConfig:
         compile: Compile the model's forward pass with ``torch.compile``.
         bn_recalibration: Before each evaluation, recompute the BatchNorm running statistics
             with the test-time gates over this many training batches
-            (:func:`~l0_sparsity.calibration.recalibrate_batchnorm`); 0 keeps those gathered
-            during training under sampled gates.
+            (:func:`~l0_sparsity.training.calibration.recalibrate_batchnorm`); 0 keeps
+            those gathered during training under sampled gates.
         accumulation_steps: Split each batch into this many micro-batches, each with its own
             forward and backward pass (and gate sample), and step once per batch: the batch's
             gradient at a fraction of the activation memory. Under DDP only the last

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from l0_sparsity.gate_set import GateSet, sample_jointly
-from l0_sparsity.gates import HardConcrete, init_log_alpha_
+from l0_sparsity.nn.gate_set import GateSet, sample_jointly
+from l0_sparsity.nn.gates import HardConcrete, init_log_alpha_
 
 __all__ = [
     "GateLeafTracer",
@@ -142,7 +142,7 @@ class GatedLayer(nn.Module, abc.ABC):
     def offer_gates(self, gates: Tensor | None) -> None:
         """Give the next training-mode :meth:`gates` call these gates instead of a fresh sample.
 
-        :func:`~l0_sparsity.gate_set.sample_jointly` offers each layer its slice of one joint
+        :func:`~l0_sparsity.nn.gate_set.sample_jointly` offers each layer its slice of one joint
         sample before a forward pass, and withdraws what the pass did not use.
 
         Args:
@@ -711,7 +711,7 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
 def _require_gated(model: nn.Module) -> list[tuple[str, GatedLayer]]:
     layers = gated_layers(model)
     if not layers:
-        raise ValueError("the model has no gated layers (see l0_sparsity.layers.sparsify)")
+        raise ValueError("the model has no gated layers (see l0_sparsity.nn.layers.sparsify)")
     return layers
 
 
@@ -1036,14 +1036,14 @@ def sparsify(
     torch.fx, or by ``nn.Sequential`` adjacency when the model does not trace) has that norm
     replaced by a :class:`GatedBatchNorm2d` applying its gates, so dead channels are exactly 0.
     With ``joint_sampling``, each training-mode forward pass of ``model`` then draws the gates
-    of all its gated layers in one sample (:func:`~l0_sparsity.gate_set.sample_jointly`).
+    of all its gated layers in one sample (:func:`~l0_sparsity.nn.gate_set.sample_jointly`).
 
     Only layers of exactly these two types are gated. Other layers holding weights (e.g.
     ``nn.MultiheadAttention`` and its projections, ``nn.Conv1d``, ``nn.Embedding``, subclasses
     of ``nn.Linear``, a ``Linear`` with hooks) are left dense, with a ``UserWarning`` listing
     them unless a ``skip`` pattern names them. What was done is stored as
     ``model.sparsify_report`` (a :class:`SparsifyReport`) and logged at INFO level on the
-    ``l0_sparsity.layers`` logger.
+    ``l0_sparsity.nn.layers`` logger.
 
     Args:
         model: Any module; modified in place.
@@ -1054,7 +1054,7 @@ def sparsify(
             called on each ``nn.Linear`` / ``nn.Conv2d``. A pattern that matches no layer
             issues a ``UserWarning``.
         distribution: Hard-concrete parameters for all new gates.
-        joint_sampling: Install :func:`~l0_sparsity.gate_set.sample_jointly` on ``model``
+        joint_sampling: Install :func:`~l0_sparsity.nn.gate_set.sample_jointly` on ``model``
             (fewer, larger kernels per step; leave it off for models that run gated layers
             under activation checkpointing).
 
@@ -1069,7 +1069,7 @@ def sparsify(
 
     Example:
         >>> from torch import nn
-        >>> from l0_sparsity.layers import sparsify
+        >>> from l0_sparsity.nn.layers import sparsify
         >>> model = sparsify(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
         >>> model.sparsify_report.gated
         ('0', '2')

@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``train --preset NAME [--FIELD VALUE ...]``: train; every field of
-  :class:`~l0_sparsity.presets.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
+  :class:`~l0_sparsity.training.presets.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
   ``--layer-targets 0.2,0.3``, ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``,
   ``--overwrite``). ``--target``, ``--layer-targets`` and ``--penalty`` each choose the
   constraint mode, replacing the preset's: at most one of them is given. An ``--output-dir``
@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conopt.optim.lagrangian import NonFiniteError
-from l0_sparsity.checkpoint import CheckpointError, one_line
 from l0_sparsity.data import DATASETS, DatasetNotFoundError
 from l0_sparsity.models import MODELS
-from l0_sparsity.presets import (
+from l0_sparsity.training.checkpoint import CheckpointError, one_line
+from l0_sparsity.training.presets import (
     AMP_MODES,
     DEVICES,
     ON_NONFINITE,
@@ -50,7 +50,7 @@ from l0_sparsity.presets import (
 )
 
 if TYPE_CHECKING:
-    from l0_sparsity.train import TrainResult
+    from l0_sparsity.training.trainer import TrainResult
 
 EXIT_TRAINING_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -135,7 +135,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field; unset flags keep the preset's value.
 
     Each flag's help is the first sentence of its field's description in the
-    ``TrainConfig`` docstring (:func:`~l0_sparsity.presets.field_docs`); the fields with a
+    ``TrainConfig`` docstring (:func:`~l0_sparsity.training.presets.field_docs`); the fields with a
     fixed set of values list them as argparse ``choices``.
 
     Args:
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(config: TrainConfig) -> None:
-    from l0_sparsity.train import train
+    from l0_sparsity.training.trainer import train
 
     result = train(config, epoch_lines=True, refuse_existing_run=True)
     if result.rank != 0:  # under torchrun, rank 0 reports for all
@@ -353,7 +353,7 @@ def resume_command(argv: Sequence[str]) -> str:
 
 def _interrupted(interrupt: KeyboardInterrupt, argv: Sequence[str]) -> str:
     """The message of a Ctrl-C: the last saved epoch and how to continue, when training."""
-    from l0_sparsity.train import TrainingInterrupted
+    from l0_sparsity.training.trainer import TrainingInterrupted
 
     if not isinstance(interrupt, TrainingInterrupted):
         return "interrupted"
@@ -363,7 +363,7 @@ def _interrupted(interrupt: KeyboardInterrupt, argv: Sequence[str]) -> str:
 
 
 def _run_purge(checkpoint: str, out: str) -> None:
-    from l0_sparsity.purge_cli import purge_checkpoint
+    from l0_sparsity.cli.purge import purge_checkpoint
 
     report = purge_checkpoint(checkpoint, out)
     print(report)

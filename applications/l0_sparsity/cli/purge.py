@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from l0_sparsity.checkpoint import CheckpointError, load_checkpoint
 from l0_sparsity.data import build_datasets
 from l0_sparsity.models import build_model
-from l0_sparsity.purge import PurgeReport, purge, purge_report, save_purged
+from l0_sparsity.purging import PurgeReport, purge, purge_report, save_purged
+from l0_sparsity.training.checkpoint import CheckpointError, load_checkpoint
 
 
 def check_out_path(out: str | os.PathLike[str]) -> None:

@@ -9,7 +9,7 @@ set, then hands each layer its slice. The numbers are those of the per-layer met
 random stream differs (one uniform draw covers all layers).
 
 :func:`sample_jointly` makes every training-mode forward pass of a model draw its gates this
-way. :func:`~l0_sparsity.layers.sparsify` (and so every model of :mod:`l0_sparsity.models`)
+way. :func:`~l0_sparsity.nn.layers.sparsify` (and so every model of :mod:`l0_sparsity.models`)
 turns it on.
 """
 
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from l0_sparsity.gates import HardConcrete
+from l0_sparsity.nn.gates import HardConcrete
 
 if TYPE_CHECKING:
-    from l0_sparsity.layers import GatedLayer
+    from l0_sparsity.nn.layers import GatedLayer
 
 __all__ = ["GateSet", "JointSampling", "sample_jointly"]
 
@@ -44,8 +44,8 @@ class GateSet:
 
     Example:
         >>> import torch
-        >>> from l0_sparsity.gate_set import GateSet
-        >>> from l0_sparsity.layers import L0Linear
+        >>> from l0_sparsity.nn.gate_set import GateSet
+        >>> from l0_sparsity.nn.layers import L0Linear
         >>> layers = [L0Linear(4, 3), L0Linear(3, 2)]
         >>> gates = GateSet(layers)
         >>> [tuple(z.shape) for z in gates.sample()]
@@ -110,7 +110,7 @@ class GateSet:
         Returns:
             A float32 (or wider) vector with one entry per layer, differentiable w.r.t. the gate
             parameters; equal to stacking the layers'
-            :meth:`~l0_sparsity.layers.GatedLayer.expected_active_params`.
+            :meth:`~l0_sparsity.nn.layers.GatedLayer.expected_active_params`.
         """
         active: Tensor | None = None
         for group in self._groups():
@@ -210,7 +210,7 @@ def sample_jointly(model: nn.Module, layers: Sequence[GatedLayer] | None = None)
     Args:
         model: The model whose forward passes draw the gates (the root module, or the module
             that DDP or ``torch.compile`` wraps).
-        layers: Its gated layers (default: all of them, :func:`~l0_sparsity.layers.gated_layers`).
+        layers: Its gated layers (default: all of them, :func:`~l0_sparsity.nn.gated_layers`).
 
     Returns:
         The installed hooks, also stored as ``model.joint_sampling``.
@@ -225,11 +225,11 @@ def sample_jointly(model: nn.Module, layers: Sequence[GatedLayer] | None = None)
         >>> logits = model(torch.randn(2, 1, 28, 28))
         >>> model.joint_sampling.remove()  # back to one sample per layer
     """
-    from l0_sparsity.layers import gated_layers
+    from l0_sparsity.nn.layers import gated_layers
 
     chosen = list(layers) if layers is not None else [m for _, m in gated_layers(model)]
     if not chosen:
-        raise ValueError("the model has no gated layers (see l0_sparsity.layers.sparsify)")
+        raise ValueError("the model has no gated layers (see l0_sparsity.nn.layers.sparsify)")
     previous = getattr(model, "joint_sampling", None)
     if isinstance(previous, JointSampling):
         previous.remove()

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from l0_sparsity.precision import mixed_precision
+from l0_sparsity.training.precision import mixed_precision
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -47,7 +47,7 @@ def recalibrate_batchnorm(
 
     Example:
         >>> import torch
-        >>> from l0_sparsity.calibration import recalibrate_batchnorm
+        >>> from l0_sparsity.training.calibration import recalibrate_batchnorm
         >>> from l0_sparsity.models import build_model
         >>> model = build_model("resnet18_cifar")
         >>> recalibrate_batchnorm(model, [torch.randn(4, 3, 32, 32) for _ in range(2)])

@@ -4,7 +4,7 @@
 graph into a :class:`torch.fx.GraphModule` made only of plain torch modules and ops:
 
 * every gated layer becomes a plain ``nn.Linear`` / ``nn.Conv2d`` with its test-time gates
-  folded into the weights, and every :class:`~l0_sparsity.layers.GatedBatchNorm2d` a plain
+  folded into the weights, and every :class:`~l0_sparsity.nn.layers.GatedBatchNorm2d` a plain
   ``nn.BatchNorm2d`` with the gates folded into its affine parameters;
 * a structured conv keeps only the filters whose test-time gate is positive (its norm is sliced
   alike). If its output reaches convolutions or a flattened linear layer only through
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from l0_sparsity.layers import (
+from l0_sparsity.nn.layers import (
     GatedBatchNorm2d,
     GatedLayer,
     GateLeafTracer,

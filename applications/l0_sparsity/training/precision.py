@@ -20,7 +20,7 @@ def mixed_precision(device_type: str, dtype: torch.dtype | None) -> torch.autoca
 
     Example:
         >>> import torch
-        >>> from l0_sparsity.precision import mixed_precision
+        >>> from l0_sparsity.training.precision import mixed_precision
         >>> with mixed_precision("cpu", torch.bfloat16):
         ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
         torch.bfloat16

@@ -1,0 +1,61 @@
+"""Gates and gated layers: the first rooms of the pipeline.
+
+The pipeline runs one way: the hard-concrete gate distribution (:mod:`~l0_sparsity.nn.gates`)
+→ the gated layers that hold the gates (:mod:`~l0_sparsity.nn.layers`) → the gate set that
+samples them jointly (:mod:`~l0_sparsity.nn.gate_set`) → :func:`sparsify`, which swaps the
+layers of a dense model for gated ones.
+"""
+
+from l0_sparsity.nn.gate_set import GateSet, JointSampling, sample_jointly
+from l0_sparsity.nn.gates import (
+    BETA,
+    GAMMA,
+    ZETA,
+    HardConcrete,
+    init_log_alpha_,
+    log_alpha_for_droprate,
+)
+from l0_sparsity.nn.layers import (
+    GatedBatchNorm2d,
+    GatedLayer,
+    GateLeafTracer,
+    L0Conv2d,
+    L0Linear,
+    SkipSpec,
+    SparsifyReport,
+    expected_density,
+    expected_l2,
+    gate_parameters,
+    gated_layers,
+    layer_densities,
+    sparsify,
+    test_density,
+    weight_parameters,
+)
+
+__all__ = [
+    "BETA",
+    "GAMMA",
+    "ZETA",
+    "GateLeafTracer",
+    "GateSet",
+    "GatedBatchNorm2d",
+    "GatedLayer",
+    "HardConcrete",
+    "JointSampling",
+    "L0Conv2d",
+    "L0Linear",
+    "SkipSpec",
+    "SparsifyReport",
+    "expected_density",
+    "expected_l2",
+    "gate_parameters",
+    "gated_layers",
+    "init_log_alpha_",
+    "layer_densities",
+    "log_alpha_for_droprate",
+    "sample_jointly",
+    "sparsify",
+    "test_density",
+    "weight_parameters",
+]
