@@ -15,8 +15,8 @@ from conopt.formulations import (
     QuadraticPenalty,
 )
 from conopt.multipliers import DenseMultiplier, ImplicitMultiplier, IndexedMultiplier, Multiplier
-from conopt.optim.alm import SolveResult, solve
 from conopt.problem import ConstrainedProblem, Constraint, ConstraintState, ProblemState
+from conopt.solver import SolveResult, solve
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,8 @@
 """Constrained optimizers and the torch optimizers they use for the dual player."""
 
-from conopt.optim.alm import SolveResult, solve
+import warnings
+from typing import Any
+
 from conopt.optim.constrained import (
     AlternatingGDA,
     Closure,
@@ -26,7 +28,20 @@ __all__ = [
     "ExtrapolationMixin",
     "NonFiniteError",
     "SimultaneousGDA",
-    "SolveResult",
     "nuPI",
-    "solve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve ``conopt.optim.solve``/``SolveResult`` (moved to :mod:`conopt.solver`), warning."""
+    if name in ("solve", "SolveResult"):
+        from conopt import solver
+
+        warnings.warn(
+            f"conopt.optim.{name} moved to conopt.{name} (module conopt.solver); the old name "
+            "will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(solver, name)
+    raise AttributeError(f"module 'conopt.optim' has no attribute {name!r}")

@@ -54,7 +54,7 @@ PREFERRED_ORDER = (
     "conopt.optim.constrained",
     "conopt.optim.extragradient",
     "conopt.optim.nupi",
-    "conopt.optim.alm",
+    "conopt.solver",
     "conopt.optim.lagrangian",
     "l0_sparsity",
     "l0_sparsity.nn.gates",

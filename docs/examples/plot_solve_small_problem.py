@@ -3,7 +3,7 @@ Solving a small deterministic problem with ``conopt.solve``
 ===========================================================
 
 :func:`conopt.solve` is for small, full-batch problems that must be solved to high accuracy: the
-method of multipliers with an L-BFGS inner loop (see :mod:`conopt.optim.alm`). The problem is an
+method of multipliers with an L-BFGS inner loop (see :mod:`conopt.solver`). The problem is an
 ordinary :class:`~conopt.problem.ConstrainedProblem`, so the same class can be trained with a
 constrained optimizer on mini-batches and solved exactly on the full data.
 

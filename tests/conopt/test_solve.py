@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import conopt
-from conopt.optim import alm
+from conopt.solver import alm
 from tests.conopt.toy_problems import QP, random_qp
 
 f64 = torch.float64
