@@ -48,8 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l0_sparsity.measures import test_density
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import gated_layers, test_density
+from l0_sparsity.nn.layers import gated_layers
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.purging import purge, purge_report
 from l0_sparsity.training.precision import mixed_precision

@@ -18,6 +18,7 @@ command line :mod:`l0_sparsity.cli`.
 """
 
 from l0_sparsity import _moved_modules
+from l0_sparsity.measures import expected_density, test_density
 from l0_sparsity.nn import (
     GatedBatchNorm2d,
     GateSet,
@@ -25,9 +26,7 @@ from l0_sparsity.nn import (
     L0Conv2d,
     L0Linear,
     SparsifyReport,
-    expected_density,
     sparsify,
-    test_density,
 )
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.purging import PurgeReport, purge, purge_report

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 import conopt
+from l0_sparsity.measures import expected_l2
 from l0_sparsity.nn.gate_set import GateSet
-from l0_sparsity.nn.layers import expected_l2, gated_layers
+from l0_sparsity.nn.layers import gated_layers
 
 
 def _check_target(value: float, what: str) -> float:

@@ -11,19 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l0_sparsity.measures import expected_density, expected_l2, layer_densities, test_density
 from l0_sparsity.nn.gates import HardConcrete
 from l0_sparsity.nn.layers import (
     GatedBatchNorm2d,
     GatedLayer,
     L0Conv2d,
     L0Linear,
-    expected_density,
-    expected_l2,
     gate_parameters,
     gated_layers,
-    layer_densities,
     sparsify,
-    test_density,
     weight_parameters,
 )
 

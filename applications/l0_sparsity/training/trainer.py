@@ -41,8 +41,9 @@ from torch import nn
 import conopt
 from conopt.optim.lagrangian import NonFiniteError
 from l0_sparsity.data import DATASETS, build_datasets, dataset_options, make_loader
+from l0_sparsity.measures import test_density
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import gate_parameters, gated_layers, test_density, weight_parameters
+from l0_sparsity.nn.layers import gate_parameters, gated_layers, weight_parameters
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.training import distributed
 from l0_sparsity.training.calibration import recalibrate_batchnorm
