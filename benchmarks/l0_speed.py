@@ -10,7 +10,7 @@ Three sections, each printing one table with the goal next to every ratio:
   and ``constrained`` (the trainer's full step: :class:`~l0_sparsity.problem.SparsityProblem`
   with its density constraint and expected-L2 term, :class:`conopt.optim.SimultaneousGDA` with
   dual restarts, through the open ``lagrangian`` / ``apply`` path). Every variant uses the
-  trainer's optimizers (:func:`l0_sparsity.training.trainer.make_optimizer`, fused SGD or Adam);
+  trainer's optimizers (:func:`l0_sparsity.training.optimizers.make_optimizer`, fused SGD or Adam);
   learning
   rates, target and weight decay follow the model's preset. Goal: ratio ≤ 1.3. The ``faults``
   columns count minor page faults per step (see :func:`pin_glibc_heap`).
@@ -50,16 +50,17 @@ from torch import nn
 
 from l0_sparsity.measures import test_density
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import gated_layers
-from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.nn import gated_layers
 from l0_sparsity.purging import purge, purge_report
-from l0_sparsity.training.precision import mixed_precision
-from l0_sparsity.training.presets import TrainConfig, get_preset
-from l0_sparsity.training.trainer import (
+from l0_sparsity.training.builders import make_problem
+from l0_sparsity.training.config import TrainConfig
+from l0_sparsity.training.optimizers import (
     make_constrained_optimizer,
     make_optimizer,
     primal_parameter_groups,
 )
+from l0_sparsity.training.precision import mixed_precision
+from l0_sparsity.training.presets import get_preset
 
 TRAIN_GOAL = 1.3
 """Section (a): a gated step may cost at most this many dense steps."""
@@ -218,7 +219,7 @@ def make_train_step(
         name: A model of :data:`TRAIN_SPECS`.
         variant: ``"dense"`` (``gated=False``, cross-entropy), ``"gated"`` (gated model,
             cross-entropy, one optimizer with weights' and gates' groups) or
-            ``"constrained"`` (the trainer's step: :class:`SparsityProblem` +
+            ``"constrained"`` (the trainer's step: :class:`~l0_sparsity.problem.SparsityProblem` +
             :class:`conopt.optim.SimultaneousGDA`).
         batch: Batch size (default: the model's in :data:`TRAIN_SPECS`).
         device: Where to run.
@@ -269,9 +270,8 @@ def make_train_step(
 
         return TrainStep(model, step)
 
-    # As l0_sparsity.training.trainer.train does it (logging left out).
-    problem = SparsityProblem(model, target=config.target, weight_decay=config.weight_decay)
-    problem = problem.to(device)
+    # As the trainer builds and steps it (training.builders, training.step; logging left out).
+    problem = make_problem(config, model).to(device)
     optimizer = make_constrained_optimizer(config, model, problem)
 
     def constrained_step() -> None:

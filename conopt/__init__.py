@@ -7,6 +7,7 @@ Declare a :class:`ConstrainedProblem` with :class:`Constraint` attributes, retur
 
 from conopt import optim
 from conopt.diagnostics import ConstraintReport, KKTReport, StepReport
+from conopt.errors import NonFiniteError
 from conopt.formulations import (
     AugmentedLagrangian,
     Formulation,
@@ -34,6 +35,7 @@ __all__ = [
     "KKTReport",
     "Lagrangian",
     "Multiplier",
+    "NonFiniteError",
     "ProblemState",
     "QuadraticPenalty",
     "SolveResult",

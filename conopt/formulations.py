@@ -11,6 +11,10 @@ constraints cost about as much as one vector constraint):
 
 Penalty coefficients :math:`\rho` are buffers (in ``state_dict()``, initial value included) and
 are grown by :class:`IncreaseOnStagnation` rules that the constrained optimizer applies.
+
+The augmented Lagrangian's term and its multiplier update are also pure functions,
+:func:`augmented_lagrangian_term` and :func:`multiplier_update`, which
+:class:`AugmentedLagrangian` and :func:`conopt.solve` share.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ __all__ = [
     "IncreaseOnStagnation",
     "Lagrangian",
     "QuadraticPenalty",
+    "augmented_lagrangian_term",
+    "multiplier_update",
 ]
 
 
@@ -270,19 +276,80 @@ class AugmentedLagrangian(_Penalized):
         inequality: bool,
     ) -> torch.Tensor:
         assert multiplier is not None and rho is not None
-        smooth = multiplier * value + 0.5 * rho * value.square()
-        if not inequality:
-            return smooth
-        positive_rho = rho > 0
-        flat = -multiplier.square() / torch.where(positive_rho, 2 * rho, torch.ones_like(rho))
-        flat = torch.where(positive_rho, flat, torch.zeros_like(flat))
-        # Written so that a NaN value selects (and propagates through) the smooth branch.
-        return torch.where(multiplier + rho * value < 0, flat, smooth)
+        return augmented_lagrangian_term(multiplier, value, rho, inequality)
 
     @staticmethod
-    def dual_direction(value: torch.Tensor, rho: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+    def dual_direction(  # noqa: D102
+        value: torch.Tensor, rho: float | torch.Tensor | None
+    ) -> torch.Tensor:
         assert rho is not None
         return rho * value
+
+
+def augmented_lagrangian_term(
+    multiplier: torch.Tensor, value: torch.Tensor, rho: float | torch.Tensor, inequality: bool
+) -> torch.Tensor:
+    r"""The augmented Lagrangian's element-wise term at fixed multipliers and penalty.
+
+    For an inequality :math:`g \le 0` (Nocedal & Wright, eq. 17.65) and an equality :math:`h`:
+
+    .. math::
+
+        \frac{1}{2\rho}\left([\lambda + \rho g]_+^2 - \lambda^2\right) =
+        \begin{cases} g(\lambda + \tfrac{\rho}{2} g) & \lambda + \rho g \ge 0 \\
+        -\lambda^2 / (2\rho) & \text{otherwise,} \end{cases} \qquad
+        h(\mu + \tfrac{\rho}{2} h).
+
+    A pure function: :meth:`AugmentedLagrangian.primal_term` and :func:`conopt.solve` both
+    evaluate the term through it. Where :math:`\rho = 0` the inequality term is
+    :math:`\lambda g` (the :class:`Lagrangian`'s), and a NaN ``value`` selects (and propagates
+    through) the smooth branch.
+
+    Args:
+        multiplier: The multipliers :math:`\lambda` (or :math:`\mu`), held fixed.
+        value: The constraint values :math:`g` (or :math:`h`), broadcastable with
+            ``multiplier``.
+        rho: The penalty coefficient :math:`\rho \ge 0`: a number, or a tensor broadcastable
+            with ``value``.
+        inequality: Whether the rows are inequalities :math:`g \le 0`.
+
+    Returns:
+        The element-wise term (not summed).
+    """
+    smooth = value * (multiplier + (0.5 * rho) * value)
+    if not inequality:
+        return smooth
+    if isinstance(rho, torch.Tensor):
+        positive = rho > 0
+        flat = -multiplier.square() / torch.where(positive, 2 * rho, torch.ones_like(rho))
+        flat = torch.where(positive, flat, torch.zeros_like(flat))
+    else:
+        flat = -multiplier.square() / (2 * rho) if rho > 0 else torch.zeros_like(multiplier)
+    # Written so that a NaN value selects (and propagates through) the smooth branch.
+    return torch.where(multiplier + rho * value < 0, flat, smooth)
+
+
+def multiplier_update(
+    multiplier: torch.Tensor, value: torch.Tensor, rho: float | torch.Tensor, inequality: bool
+) -> torch.Tensor:
+    r"""The method of multipliers' update, :math:`[\lambda + \rho g]_+` or :math:`\mu + \rho h`.
+
+    It is the multiplier plus :meth:`AugmentedLagrangian.dual_direction`, projected onto
+    :math:`\lambda \ge 0` for inequalities: what a dual SGD step of learning rate 1 on the
+    :class:`AugmentedLagrangian` does, and the first-order multiplier estimate at which the
+    Lagrangian's gradient equals the augmented Lagrangian's.
+
+    Args:
+        multiplier: The current multipliers.
+        value: The constraint values.
+        rho: The penalty coefficient (a number, or a tensor broadcastable with ``value``).
+        inequality: Whether the rows are inequalities (the update is then clamped at 0).
+
+    Returns:
+        The updated multipliers.
+    """
+    updated = multiplier + AugmentedLagrangian.dual_direction(value, rho)
+    return torch.clamp(updated, min=0) if inequality else updated
 
 
 class QuadraticPenalty(_Penalized):

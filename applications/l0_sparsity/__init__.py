@@ -29,8 +29,7 @@ from l0_sparsity.nn import (
     sparsify,
 )
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.purging import PurgeReport, purge, purge_report
-from l0_sparsity.purging import save_purged as export
+from l0_sparsity.purging import PurgeReport, export, purge, purge_report
 from l0_sparsity.training import TrainConfig, TrainResult, get_preset, train
 
 __version__ = "0.1.0"

@@ -1,8 +1,11 @@
 """Old import paths of the flat layout (0.1): they keep working for one release, with a warning.
 
-``import l0_sparsity.layers`` still gives the module now at :mod:`l0_sparsity.nn.layers` (the
-same module object, so classes and pickles are unchanged) and warns with a
-:class:`DeprecationWarning` naming the new path. ``l0_sparsity.purge`` and ``l0_sparsity.train``
+``import l0_sparsity.presets`` still gives the module now at
+:mod:`l0_sparsity.training.presets` (the same module object) and warns with a
+:class:`DeprecationWarning` naming the new path. ``l0_sparsity.layers``, whose contents now live in
+two places, gives a module holding the public names of :mod:`l0_sparsity.nn` and
+:mod:`l0_sparsity.measures`, so old imports and pickles that name ``l0_sparsity.layers.L0Linear``
+still resolve. ``l0_sparsity.purge`` and ``l0_sparsity.train``
 are now the functions :func:`l0_sparsity.purge` and :func:`l0_sparsity.train`; importing them as
 modules fails with a message naming the new module, instead of a module silently replacing the
 function.
@@ -19,10 +22,10 @@ import types
 import warnings
 from collections.abc import Sequence
 
-MOVED: dict[str, str] = {
+MOVED: dict[str, str | tuple[str, ...]] = {
     "l0_sparsity.gates": "l0_sparsity.nn.gates",
     "l0_sparsity.gate_set": "l0_sparsity.nn.gate_set",
-    "l0_sparsity.layers": "l0_sparsity.nn.layers",
+    "l0_sparsity.layers": ("l0_sparsity.nn", "l0_sparsity.measures"),
     "l0_sparsity.calibration": "l0_sparsity.training.calibration",
     "l0_sparsity.checkpoint": "l0_sparsity.training.checkpoint",
     "l0_sparsity.distributed": "l0_sparsity.training.distributed",
@@ -31,7 +34,7 @@ MOVED: dict[str, str] = {
     "l0_sparsity.presets": "l0_sparsity.training.presets",
     "l0_sparsity.purge_cli": "l0_sparsity.cli.purge",
 }
-"""Old module path → the module that now holds its contents."""
+"""Old module path → the module (or modules, whose public names it then holds) with its contents."""
 
 REPLACED: dict[str, str] = {
     "l0_sparsity.purge": "l0_sparsity.purging",
@@ -55,22 +58,27 @@ def _caller_stacklevel() -> int:
 class _MovedModuleLoader(importlib.abc.Loader):
     """Loads an old path by importing the new module and putting it under the old name."""
 
-    def __init__(self, new_name: str) -> None:
-        self.new_name = new_name
+    def __init__(self, new_names: str | tuple[str, ...]) -> None:
+        self.new_names = (new_names,) if isinstance(new_names, str) else new_names
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         """Use the default module; :meth:`exec_module` replaces it in ``sys.modules``."""
         return None
 
     def exec_module(self, module: types.ModuleType) -> None:
-        """Warn, import the new module and register it under the old name."""
+        """Warn, import the new module(s) and register the contents under the old name."""
         warnings.warn(
-            f"{module.__name__} moved to {self.new_name}; import it from there (the old path "
-            "will be removed in the next release)",
+            f"{module.__name__} moved to {' and '.join(self.new_names)}; import it from there "
+            "(the old path will be removed in the next release)",
             DeprecationWarning,
             stacklevel=_caller_stacklevel(),
         )
-        sys.modules[module.__name__] = importlib.import_module(self.new_name)
+        new_modules = [importlib.import_module(name) for name in self.new_names]
+        if len(new_modules) == 1:
+            sys.modules[module.__name__] = new_modules[0]
+            return
+        for new_module in new_modules:
+            module.__dict__.update({name: getattr(new_module, name) for name in new_module.__all__})
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):

@@ -13,17 +13,26 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from l0_sparsity.training.presets import TrainConfig, get_preset
+from l0_sparsity.training.config import TrainConfig
+from l0_sparsity.training.presets import get_preset
 from l0_sparsity.training.trainer import train
 
 
 def format_table(rows: list[tuple[str, TrainConfig, dict[str, Any]]]) -> str:
-    """The demo's table: one line per run (label, its configuration, its final metrics)."""
+    """The demo's table: one line per run.
+
+    Args:
+        rows: ``(label, configuration, final metrics)`` of each run.
+
+    Returns:
+        The header and one line per run: target (``-`` for a penalty), expected and purged
+        density, test error.
+    """
     lines = [
         f"{'run':<28}{'target':>8}{'expected density':>18}{'purged density':>16}{'test error':>12}",
     ]
     for label, config, final in rows:
-        target = "-" if config.penalty is not None else f"{config.target:.2f}"
+        target = "-" if config.mode == "penalized" else f"{config.target:.2f}"
         lines.append(
             f"{label:<28}{target:>8}{final['expected_density']:>18.3f}"
             f"{final['purged_density']:>16.3f}{100 * final['test_error']:>11.2f}%"
@@ -48,6 +57,15 @@ def run_demo(
 
     The two runs go to two worker processes with one thread each, so the demo takes about the
     time of one run on a 2-core machine.
+
+    Args:
+        epochs: Epochs per run (``None``: the ``mnist_mlp`` preset's 200).
+        target: The constrained run's target density.
+        penalty: The penalized run's coefficient.
+        output_dir: Where the two runs' files go (``constrained/`` and ``penalized/``).
+
+    Returns:
+        The table that was printed.
     """
     base = get_preset("mnist_mlp").replace(progress=False, tensorboard=False, threads=1)
     if epochs is not None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from l0_sparsity.nn.gate_set import GateSet
-from l0_sparsity.nn.layers import GatedLayer, gated_layers
+from l0_sparsity.nn import GatedLayer, GateSet, gated_layers
 
 __all__ = ["expected_density", "expected_l2", "layer_densities", "test_density"]
 
@@ -19,7 +18,7 @@ __all__ = ["expected_density", "expected_l2", "layer_densities", "test_density"]
 def _require_gated(model: nn.Module) -> list[tuple[str, GatedLayer]]:
     layers = gated_layers(model)
     if not layers:
-        raise ValueError("the model has no gated layers (see l0_sparsity.nn.layers.sparsify)")
+        raise ValueError("the model has no gated layers (see l0_sparsity.sparsify)")
     return layers
 
 

@@ -20,8 +20,7 @@ from torch import nn
 
 import conopt
 from l0_sparsity.measures import expected_l2
-from l0_sparsity.nn.gate_set import GateSet
-from l0_sparsity.nn.layers import gated_layers
+from l0_sparsity.nn import GateSet, gated_layers
 
 
 def _check_target(value: float, what: str) -> float:
@@ -37,10 +36,10 @@ class SparsityProblem(conopt.ConstrainedProblem):
     Exactly one of ``target``, ``layer_targets`` or ``penalty`` selects the mode.
 
     Args:
-        model: A model with gated layers (see :mod:`l0_sparsity.nn.layers`).
+        model: A model with gated layers (see :mod:`l0_sparsity.nn`).
         target: Model-wise target density :math:`\epsilon \in (0, 1]`: constraint ``density``.
         layer_targets: One target per gated layer (a sequence in the order of
-            :func:`~l0_sparsity.nn.layers.gated_layers`, or a mapping from layer name): vector
+            :func:`~l0_sparsity.nn.base.gated_layers`, or a mapping from layer name): vector
             constraint ``layer_density``.
         penalty: The penalized baseline: adds ``penalty * density`` to the loss, no constraint.
         weight_decay: Coefficient :math:`w` of the expected L2 norm of the gated weights, added to

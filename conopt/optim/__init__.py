@@ -3,20 +3,17 @@
 import warnings
 from typing import Any
 
-from conopt.optim.constrained import (
-    AlternatingGDA,
-    Closure,
-    ConstrainedOptimizer,
-    SimultaneousGDA,
-)
+from conopt.errors import NonFiniteError
+from conopt.optim.alternating import AlternatingGDA
+from conopt.optim.constrained import Closure, ConstrainedOptimizer
 from conopt.optim.extragradient import (
     ExtraAdam,
     Extragradient,
     ExtrapolationMixin,
     ExtraSGD,
 )
-from conopt.optim.lagrangian import NonFiniteError
 from conopt.optim.nupi import nuPI
+from conopt.optim.simultaneous import SimultaneousGDA
 
 __all__ = [
     "AlternatingGDA",

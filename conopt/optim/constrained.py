@@ -1,13 +1,18 @@
-"""Constrained optimizers: who moves when, between the primal and the dual player.
+"""The base of constrained optimizers: the two players, and what every step does to them.
 
 A constrained optimizer wraps ordinary ``torch.optim`` optimizers: one or more for the primal
 parameters (minimizing) and one for the multipliers (``maximize=True``). It speaks the same
 words as they do: ``step(closure)``, ``zero_grad()``, ``state_dict()``.
+:class:`ConstrainedOptimizer` validates the players and takes the steps' common parts (the
+dual step's projection, restarts and penalty growth, reports, checkpoints); its subclasses say
+who moves when:
 
-* :class:`SimultaneousGDA`: both players step from the same point; one forward and one backward.
-* :class:`AlternatingGDA`: one player steps, then the other reacts.
+* :class:`~conopt.optim.simultaneous.SimultaneousGDA`: both players step from the same point;
+* :class:`~conopt.optim.alternating.AlternatingGDA`: one player steps, then the other reacts;
+* :class:`~conopt.optim.extragradient.Extragradient`: both extrapolate, then update.
 
-Beside ``step(closure)``, :class:`SimultaneousGDA` has an open path for custom backward passes
+Beside ``step(closure)``, an optimizer with ``supports_open_step`` (:class:`SimultaneousGDA
+<conopt.optim.simultaneous.SimultaneousGDA>`) has an open path for custom backward passes
 (AMP's ``GradScaler``, gradient clipping, accumulation, DDP's ``no_sync``)::
 
     lagrangian = optimizer.lagrangian(problem.evaluate(batch))
@@ -27,14 +32,12 @@ from torch.amp import GradScaler
 
 from conopt import distributed
 from conopt.diagnostics import GradientNorm, StepReport
+from conopt.errors import NonFiniteError
 from conopt.multipliers import restart_dense_
-from conopt.optim.lagrangian import (
-    AssembledLagrangian,
-    ConstraintGroup,
-    ConstraintIndex,
-    NonFiniteError,
-    assemble,
-)
+from conopt.optim.assembled import AssembledLagrangian
+from conopt.optim.grouping import ConstraintGroup, ConstraintIndex
+from conopt.optim.lagrangian import assemble
+from conopt.optim.open_step import OpenStep
 from conopt.problem import ConstrainedProblem, ProblemState
 
 Closure = Callable[[], ProblemState]
@@ -50,25 +53,6 @@ def _as_list(primal: torch.optim.Optimizer | Sequence[torch.optim.Optimizer]) ->
     return optimizers
 
 
-def _grads(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
-    return [
-        p.grad
-        for optimizer in optimizers
-        for group in optimizer.param_groups
-        for p in group["params"]
-        if p.grad is not None
-    ]
-
-
-def _ensure_unscaled(scaler: GradScaler, optimizer: torch.optim.Optimizer) -> None:
-    """Unscale ``optimizer``'s gradients unless the user already did (e.g. before clipping)."""
-    if not scaler.is_enabled():  # a disabled scaler scales nothing and keeps no state
-        return
-    stage = scaler._per_optimizer_states[id(optimizer)]["stage"]
-    if getattr(stage, "name", "") != "UNSCALED":
-        scaler.unscale_(optimizer)
-
-
 class ConstrainedOptimizer:
     r"""Base class: validates the players, applies projections, restarts and penalty growth.
 
@@ -81,7 +65,7 @@ class ConstrainedOptimizer:
             of every strictly satisfied inequality entry (:math:`g_i < 0`) to zero
             (Gallego-Posada et al., 2022).
         on_nonfinite: ``"raise"`` (default) refuses a step whose loss or constraint values are
-            NaN/Inf with a :class:`~conopt.optim.lagrangian.NonFiniteError` naming the constraint;
+            NaN/Inf with a :class:`~conopt.errors.NonFiniteError` naming the constraint;
             ``"skip"`` skips such steps, leaving every parameter and multiplier unchanged, and
             counts them in :attr:`skipped_steps`.
         measure_stationarity: Offer :math:`\|\nabla_\theta \mathcal{L}\|` in the KKT report. It is
@@ -141,9 +125,7 @@ class ConstrainedOptimizer:
             for m in multipliers
             if m.gradient_reduction is not None and m.synchronized
         ]
-        self._pending: AssembledLagrangian | None = None
-        self._last_gradient: GradientNorm | None = None
-        self._pending_skip = False
+        self._open_step = OpenStep()
 
     # ----------------------------------------------------------------------------- validation
     def _validate_players(self) -> None:
@@ -159,14 +141,12 @@ class ConstrainedOptimizer:
                     )
             for p in constraint.multiplier.parameters():
                 dual_params[id(p)] = name
-        for optimizer in self.primal_optimizers:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if id(p) in dual_params:
-                        raise TypeError(
-                            f"the primal optimizer holds the multiplier of constraint "
-                            f"{dual_params[id(p)]!r}; give multipliers to the dual optimizer only."
-                        )
+        for p in self._primal_parameters():
+            if id(p) in dual_params:
+                raise TypeError(
+                    f"the primal optimizer holds the multiplier of constraint "
+                    f"{dual_params[id(p)]!r}; give multipliers to the dual optimizer only."
+                )
         if self.dual_optimizer is None:
             if dual_params:
                 first = next(iter(dual_params.values()))
@@ -193,10 +173,7 @@ class ConstrainedOptimizer:
     # ------------------------------------------------------------------------------ building
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients of both players, and any values accumulated since :meth:`apply`."""
-        self._pending, self._pending_skip = None, False
-        if self._last_gradient is not None:
-            self._last_gradient.release()
-            self._last_gradient = None
+        self._open_step.clear()
         for optimizer in self.primal_optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
         if self.dual_optimizer is not None:
@@ -212,15 +189,47 @@ class ConstrainedOptimizer:
             self.skipped_steps += 1
             return None
 
+    def _evaluate(
+        self,
+        closure: Closure,
+        *,
+        undo: Callable[[], None] | None = None,
+        primal_graph: bool = True,
+    ) -> tuple[ProblemState, AssembledLagrangian | None]:
+        """Evaluate the problem and assemble its Lagrangian (``None``: refused and skipped).
+
+        Args:
+            closure: Evaluates the problem.
+            undo: Takes back what the step has moved so far, if the evaluation is refused
+                (raises, or is skipped): the later evaluations of two-point steps.
+            primal_graph: Build the primal graph (else evaluate under ``torch.no_grad``).
+        """
+        try:
+            if primal_graph:
+                state = closure()
+            else:
+                with torch.no_grad():
+                    state = closure()
+            assembled = self._assemble(state)
+        except Exception:  # refused (not finite, or malformed): undo, then raise
+            if undo is not None:
+                undo()
+            raise
+        if assembled is None and undo is not None:
+            undo()
+        return state, assembled
+
+    def _primal_parameters(self) -> list[torch.Tensor]:
+        return [p for o in self.primal_optimizers for g in o.param_groups for p in g["params"]]
+
     def _stationarity(self) -> GradientNorm | None:
         """A lazily computed norm of the primal gradients, released when the next step starts."""
-        if self._last_gradient is not None:
-            self._last_gradient.release()
-            self._last_gradient = None
+        self._open_step.release_gradient()
         if not self.measure_stationarity:
             return None
-        self._last_gradient = GradientNorm(_grads(self.primal_optimizers))
-        return self._last_gradient
+        grads = [p.grad for p in self._primal_parameters() if p.grad is not None]
+        self._open_step.gradient = GradientNorm(grads)
+        return self._open_step.gradient
 
     # ----------------------------------------------------------------------------- updating
     def _primal_step(self, scaler: GradScaler | None = None) -> None:
@@ -330,19 +339,15 @@ class ConstrainedOptimizer:
         use the sum of the micro-batches' values (per-sample constraints: their concatenation),
         so weight each micro-batch's state by its share of the batch
         (:meth:`~conopt.problem.ProblemState.scaled`) to get the full batch's means (see
-        :meth:`~conopt.optim.lagrangian.AssembledLagrangian.accumulated`). One refused
+        :meth:`~conopt.optim.assembled.AssembledLagrangian.accumulated`). One refused
         micro-batch (non-finite, with ``on_nonfinite="skip"``) refuses the whole step.
         """
         if not self.supports_open_step:
             raise TypeError(f"{type(self).__name__} has no open step path; use step(closure).")
         assembled = self._assemble(state)
-        if assembled is None or self._pending_skip:  # one refused micro-batch refuses the step
-            self._pending, self._pending_skip = None, True
+        if not self._open_step.add(assembled):  # one refused micro-batch refuses the step
             return torch.zeros((), requires_grad=True)
-        # Accumulation: a second call before apply() adds its values to the step's.
-        pending = self._pending
-        self._pending = assembled if pending is None else pending.accumulated(assembled)
-        return assembled.objective
+        return assembled.objective  # type: ignore[union-attr]
 
     def apply(self, scaler: GradScaler | None = None) -> StepReport:
         """Open path, part 2: step both players from the gradients of :meth:`lagrangian`.
@@ -381,151 +386,3 @@ class ConstrainedOptimizer:
             self.dual_optimizer.load_state_dict(state_dict["dual"])
         self.step_count = int(state_dict["step_count"])
         self.skipped_steps = int(state_dict["skipped_steps"])
-
-
-class SimultaneousGDA(ConstrainedOptimizer):
-    r"""Simultaneous gradient descent-ascent: both players step from the same point.
-
-    .. math::
-
-        \theta_{t+1} = \theta_t - \eta_\theta \nabla_\theta \mathcal{L}(\theta_t, \lambda_t),
-        \qquad
-        \lambda_{t+1} = \Pi\left[\lambda_t + \eta_\lambda \nabla_\lambda
-        \mathcal{L}(\theta_t, \lambda_t)\right],
-
-    with one forward and one backward pass per step (or any torch optimizer in place of the
-    plain gradient steps). See :class:`ConstrainedOptimizer` for the arguments.
-
-    Example:
-        >>> import torch, conopt
-        >>> class P(conopt.ConstrainedProblem):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.c = conopt.Constraint("<=")
-        ...     def evaluate(self, x):
-        ...         return conopt.ProblemState(loss=(x**2).sum(), constraints={self.c: 1 - x.sum()})
-        >>> x = torch.zeros(2, requires_grad=True)
-        >>> problem = P()
-        >>> opt = conopt.optim.SimultaneousGDA(
-        ...     problem,
-        ...     primal=torch.optim.SGD([x], lr=0.1),
-        ...     dual=torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
-        ... )
-        >>> for _ in range(500):
-        ...     report = opt.step(lambda: problem.evaluate(x))
-        >>> [round(v, 3) for v in x.tolist()], report.kkt.satisfied(1e-3)
-        ([0.5, 0.5], True)
-    """
-
-    supports_open_step: ClassVar[bool] = True
-
-    def step(self, closure: Closure) -> StepReport:  # noqa: D102
-        self.zero_grad()
-        state = closure()
-        objective = self.lagrangian(state)
-        if not self._pending_skip:
-            objective.backward()
-        return self.apply()
-
-    def apply(self, scaler: GradScaler | None = None) -> StepReport:  # noqa: D102
-        if self._pending is None and not self._pending_skip:
-            raise RuntimeError("apply() needs a preceding lagrangian(state) and backward().")
-        assembled, self._pending = self._pending, None
-        self.step_count += 1
-        if assembled is None:
-            self._pending_skip = False
-            loss = torch.zeros(())
-            return StepReport(step=self.step_count, loss=loss, lagrangian=loss, skipped=True)
-        if scaler is not None:
-            for optimizer in self.primal_optimizers:
-                _ensure_unscaled(scaler, optimizer)
-        stationarity = self._stationarity()
-        self._primal_step(scaler)
-        self._dual_step(assembled, scaler)
-        return self._report(assembled, stationarity)
-
-
-class AlternatingGDA(ConstrainedOptimizer):
-    r"""Alternating gradient descent-ascent: one player steps, then the other reacts.
-
-    Primal first (default): :math:`\theta_{t+1}` from :math:`\mathcal{L}(\theta_t,
-    \lambda_t)`, then :math:`\lambda_{t+1}` from the constraints at :math:`\theta_{t+1}`
-    (two evaluations of the problem per step; the second needs no primal graph and runs under
-    ``torch.no_grad`` for the primal parameters). Dual first: :math:`\lambda_{t+1}` from
-    :math:`g(\theta_t)`, then :math:`\theta_{t+1}` from :math:`\mathcal{L}(\theta_t,
-    \lambda_{t+1})` (one evaluation, two backward passes, the first through the multipliers
-    only).
-
-    Args:
-        dual_first: Update the multipliers first.
-        **kwargs: See :class:`ConstrainedOptimizer`.
-    """
-
-    def __init__(
-        self,
-        problem: ConstrainedProblem,
-        primal: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-        dual: torch.optim.Optimizer | None = None,
-        *,
-        dual_first: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(problem, primal, dual, **kwargs)
-        self.dual_first = dual_first
-
-    def step(self, closure: Closure) -> StepReport:  # noqa: D102
-        self.zero_grad()
-        state = closure()
-        assembled = self._assemble(state)
-        if assembled is None:
-            self.step_count += 1
-            return self._skipped_report(state)
-        if self.dual_first:
-            return self._dual_then_primal(state, assembled)
-        return self._primal_then_dual(closure, assembled)
-
-    def _primal_then_dual(self, closure: Closure, assembled: AssembledLagrangian) -> StepReport:
-        assembled.objective.backward()
-        stationarity = self._stationarity()
-        if self.dual_optimizer is not None:
-            self.dual_optimizer.zero_grad()
-        origin = [p.detach().clone() for p in self._primal_parameters()]
-        self._primal_step()
-        try:
-            with torch.no_grad():
-                second_state = closure()
-            second = self._assemble(second_state)
-        except Exception:  # refused (not finite, or malformed): undo the primal step, then raise
-            with torch.no_grad():
-                torch._foreach_copy_(self._primal_parameters(), origin)
-            raise
-        if second is None:  # the new point is not finite: undo the primal step
-            with torch.no_grad():
-                torch._foreach_copy_(self._primal_parameters(), origin)
-            self.step_count += 1
-            return self._skipped_report(second_state)
-        if second.objective.requires_grad:
-            second.objective.backward()
-        self._dual_step(second)
-        self.step_count += 1
-        return self._report(second, stationarity)
-
-    def _dual_then_primal(self, state: ProblemState, assembled: AssembledLagrangian) -> StepReport:
-        if self.dual_optimizer is not None:
-            multipliers = list(self.problem.dual_parameters())
-            grads = torch.autograd.grad(
-                assembled.objective, multipliers, retain_graph=True, allow_unused=True
-            )
-            for p, g in zip(multipliers, grads, strict=True):
-                if g is not None:  # None for explicit multipliers: assemble wrote their gradient
-                    p.grad = g
-        self._dual_step(assembled)
-        rebuilt = assemble(state, self._index, check_finite=False)
-        rebuilt.objective.backward()
-        stationarity = self._stationarity()
-        self._primal_step()
-        self.step_count += 1
-        return self._report(rebuilt, stationarity)
-
-    def _primal_parameters(self) -> list[torch.Tensor]:
-        return [p for o in self.primal_optimizers for g in o.param_groups for p in g["params"]]

@@ -29,6 +29,15 @@ from conopt.optim.constrained import Closure, ConstrainedOptimizer
 _ORIGIN = "extrapolation_origin"
 
 
+def _return_to_origin(optimizer: Any) -> None:
+    """Copy back the parameters that ``optimizer``'s last extrapolation remembered (if any)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            origin = optimizer.state[p].pop(_ORIGIN, None)
+            if origin is not None:
+                p.copy_(origin)
+
+
 class ExtrapolationMixin:
     """Gives a ``torch.optim.Optimizer`` subclass an extrapolation step.
 
@@ -58,11 +67,7 @@ class ExtrapolationMixin:
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Return to the remembered point (if any), then take the update step."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                origin = self.state[p].pop(_ORIGIN, None)
-                if origin is not None:
-                    p.copy_(origin)
+        _return_to_origin(self)
         return super().step(closure)  # type: ignore[misc]
 
 
@@ -109,8 +114,7 @@ class Extragradient(ConstrainedOptimizer):
 
     def step(self, closure: Closure) -> StepReport:  # noqa: D102
         self.zero_grad()
-        state = closure()
-        first = self._assemble(state)
+        state, first = self._evaluate(closure)
         self.step_count += 1
         if first is None:
             return self._skipped_report(state)
@@ -122,15 +126,12 @@ class Extragradient(ConstrainedOptimizer):
 
         for optimizer in self._players():  # keeps the first point's gradients for stationarity
             optimizer.zero_grad()
-        try:
-            extrapolated_state = closure()
-            second = self._assemble(extrapolated_state)
-        except Exception:  # refused (not finite, or malformed): back to the original point
-            self._restore_origins()
+        try:  # refused: both players return to the original point
+            extrapolated_state, second = self._evaluate(closure, undo=self._restore_origins)
+        except Exception:
             self.step_count -= 1  # a refused step that raises is not counted
             raise
-        if second is None:  # return both players to the original point
-            self._restore_origins()
+        if second is None:
             return self._skipped_report(extrapolated_state)
         second.objective.backward()
         self._primal_step()
@@ -140,8 +141,4 @@ class Extragradient(ConstrainedOptimizer):
     def _restore_origins(self) -> None:
         with torch.no_grad():
             for optimizer in self._players():
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        origin = optimizer.state[p].pop(_ORIGIN, None)
-                        if origin is not None:
-                            p.copy_(origin)
+                _return_to_origin(optimizer)

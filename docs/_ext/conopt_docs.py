@@ -13,7 +13,7 @@
 * **Tables.** ``.. l0-presets-table::`` (every preset of
   :data:`l0_sparsity.training.presets.PRESETS`),
   ``.. l0-config-flags::`` (every
-  :class:`~l0_sparsity.training.presets.TrainConfig` field as a flag) and
+  :class:`~l0_sparsity.training.config.TrainConfig` field as a flag) and
   ``.. l0-cli-help:: [SUBCOMMAND]`` (the argparse help text) are generated at build time.
 """
 
@@ -50,29 +50,40 @@ PREFERRED_ORDER = (
     "conopt.multipliers",
     "conopt.diagnostics",
     "conopt.distributed",
+    "conopt.errors",
     "conopt.optim",
     "conopt.optim.constrained",
+    "conopt.optim.simultaneous",
+    "conopt.optim.alternating",
     "conopt.optim.extragradient",
     "conopt.optim.nupi",
-    "conopt.solver",
     "conopt.optim.lagrangian",
+    "conopt.optim.grouping",
+    "conopt.solver",
     "l0_sparsity",
+    "l0_sparsity.nn",
     "l0_sparsity.nn.gates",
-    "l0_sparsity.nn.layers",
-    "l0_sparsity.models",
+    "l0_sparsity.nn.base",
+    "l0_sparsity.nn.linear",
+    "l0_sparsity.nn.conv",
+    "l0_sparsity.nn.batchnorm",
+    "l0_sparsity.nn.gate_set",
+    "l0_sparsity.nn.sparsifying",
+    "l0_sparsity.measures",
     "l0_sparsity.problem",
+    "l0_sparsity.purging",
+    "l0_sparsity.models",
+    "l0_sparsity.data",
+    "l0_sparsity.training",
+    "l0_sparsity.training.config",
     "l0_sparsity.training.presets",
     "l0_sparsity.training.trainer",
+    "l0_sparsity.training.checkpoint",
     "l0_sparsity.cli",
     "l0_sparsity.demo",
-    "l0_sparsity.purging",
-    "l0_sparsity.cli.purge",
-    "l0_sparsity.training.checkpoint",
-    "l0_sparsity.training.metrics",
-    "l0_sparsity.training.distributed",
-    "l0_sparsity.data",
 )
-EXCLUDED_MODULES = ("__main__",)
+# Deprecated forwarding modules (kept one release for old import paths) get no page.
+EXCLUDED_MODULES = ("__main__", "conopt.optim.alm")
 
 
 @dataclasses.dataclass
@@ -113,7 +124,9 @@ def discover_modules() -> list[str]:
         found.add(package_name)
         for info in pkgutil.walk_packages(package.__path__, prefix=package_name + "."):
             parts = info.name.split(".")
-            if any(p.startswith("_") for p in parts[1:]) or parts[-1] in EXCLUDED_MODULES:
+            if any(p.startswith("_") for p in parts[1:]) or {parts[-1], info.name} & set(
+                EXCLUDED_MODULES
+            ):
                 continue
             found.add(info.name)
     ordered = [m for m in PREFERRED_ORDER if m in found]
@@ -457,9 +470,10 @@ class PresetsTable(_RstDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from l0_sparsity.training.presets import PRESETS, TrainConfig
+        from l0_sparsity.training.config import TrainConfig
+        from l0_sparsity.training.presets import PRESETS
 
-        _depend_on(self, "l0_sparsity.training.presets")
+        _depend_on(self, "l0_sparsity.training.presets", "l0_sparsity.training.config")
         base = TrainConfig()
         header = [
             "preset",
@@ -481,9 +495,9 @@ class PresetsTable(_RstDirective):
             weights = f"{p.optimizer} {_fmt(p.lr)}"
             if p.lr_milestones:
                 weights += f", ×{_fmt(p.lr_gamma)} at {_fmt(p.lr_milestones)}"
-            if p.layer_targets:
+            if p.mode == "layer-wise":
                 target = f"layer-wise {_fmt(p.layer_targets)}"
-            elif p.penalty is not None:
+            elif p.mode == "penalized":
                 target = f"penalty {_fmt(p.penalty)}"
             else:
                 target = _fmt(p.target)
@@ -536,14 +550,14 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 
 
 class ConfigFlags(_RstDirective):
-    """Every :class:`~l0_sparsity.training.presets.TrainConfig` field as its command-line flag."""
+    """Every :class:`~l0_sparsity.training.config.TrainConfig` field as its command-line flag."""
 
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from l0_sparsity.training.presets import TrainConfig
+        from l0_sparsity.training.config import TrainConfig
 
-        _depend_on(self, "l0_sparsity.training.presets")
+        _depend_on(self, "l0_sparsity.training.config")
         descriptions = _attribute_docs(TrainConfig)
         hints = typing.get_type_hints(TrainConfig)
         lines = [".. list-table::", "   :header-rows: 1", "   :widths: 28 14 58", ""]
@@ -571,7 +585,13 @@ class CliHelp(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         from l0_sparsity.cli.app import build_parser
 
-        _depend_on(self, "l0_sparsity.cli", "l0_sparsity.training.presets")
+        _depend_on(
+            self,
+            "l0_sparsity.cli.app",
+            "l0_sparsity.cli.flags",
+            "l0_sparsity.training.config",
+            "l0_sparsity.training.presets",
+        )
         previous = os.environ.get("COLUMNS")
         os.environ["COLUMNS"] = "96"
         try:

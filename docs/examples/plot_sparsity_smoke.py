@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-from l0_sparsity.purging import purge, purge_report
-from l0_sparsity.training.presets import get_preset
-from l0_sparsity.training.trainer import train
+import l0_sparsity as l0
 
 run_dir = tempfile.TemporaryDirectory()
-config = get_preset("synthetic_smoke").replace(
+config = l0.get_preset("synthetic_smoke").replace(
     epochs=1, threads=1, progress=False, tensorboard=False, output_dir=run_dir.name, device="cpu"
 )
 print(config)
@@ -29,7 +27,7 @@ print(config)
 # %%
 # Train. ``train`` returns the per-epoch metrics (the rows of ``metrics.csv``), the gated model
 # and the problem, whose multiplier is the price of density.
-result = train(config)
+result = l0.train(config)
 for key, value in result.final.items():
     print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 print(sorted(p.name for p in Path(run_dir.name).iterdir()))
@@ -43,9 +41,9 @@ print(sorted(p.name for p in Path(run_dir.name).iterdir()))
 # Purging builds the physically smaller model from the test-time gates; its output equals the
 # gated model's eval-mode output.
 model = result.model.eval()
-small = purge(model)
+small = l0.purge(model)
 inputs = torch.randn(8, 1, 28, 28)
 with torch.no_grad():
     print("max |gated - purged| =", float((model(inputs) - small(inputs)).abs().max()))
-print(purge_report(model, (1, 1, 28, 28), small))
+print(l0.purge_report(model, (1, 1, 28, 28), small))
 run_dir.cleanup()

@@ -409,3 +409,11 @@ def test_nonfinite_dual_updates_are_skipped_with_nothing_changed(method, corrupt
     report = _take_step(method, optimizer, lambda: problem.evaluate(x, **corrupt))
     assert report.skipped and optimizer.skipped_steps == 1
     assert_same(_everything(problem, x, optimizer)[:4], before[:4])
+
+
+def test_non_finite_error_is_one_class_under_each_import_path():
+    from conopt.errors import NonFiniteError as from_errors
+    from conopt.optim.lagrangian import NonFiniteError as from_lagrangian
+
+    assert conopt.NonFiniteError is NonFiniteError is from_errors is from_lagrangian
+    assert issubclass(NonFiniteError, ValueError)

@@ -327,3 +327,16 @@ def test_a_float32_state_dict_loads_into_a_widened_multiplier_and_back():
     assert torch.equal(problem.c0.multiplier.weight.detach(), wide["c0.multiplier.weight"])
     problem.load_state_dict(saved32)  # an older float32 state dict still loads
     assert torch.equal(problem.c0.multiplier.weight.detach(), torch.zeros(2, dtype=torch.float64))
+
+
+def test_each_multiplier_kind_is_importable_from_conopt_multipliers():
+    from conopt.multipliers import (
+        DenseMultiplier,
+        ImplicitMultiplier,
+        IndexedMultiplier,
+        Multiplier,
+    )
+
+    kinds = (DenseMultiplier, IndexedMultiplier, ImplicitMultiplier)
+    assert kinds == (conopt.DenseMultiplier, conopt.IndexedMultiplier, conopt.ImplicitMultiplier)
+    assert Multiplier is conopt.Multiplier and all(issubclass(k, Multiplier) for k in kinds)

@@ -183,6 +183,15 @@ def test_open_path_unscales_gradients_itself_when_the_user_did_not():
     assert torch.allclose(problem.lam(), (LAM0 + DUAL_LR * (A @ X0 - B)).clamp(min=0))
 
 
+def test_open_path_reports_a_grad_scaler_that_already_stepped_the_optimizer():
+    problem, x, optimizer = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler.scale(optimizer.lagrangian(problem.evaluate(x))).backward()
+    scaler.step(optimizer.primal_optimizers[0])  # a misuse: apply() steps it itself
+    with pytest.raises(RuntimeError, match=r"after step\(\)"):
+        optimizer.apply(scaler=scaler)
+
+
 class WithImplicit(conopt.ConstrainedProblem):
     """A dense and an implicit multiplier in the same group (Lagrangian, '==')."""
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import conopt
-from conopt.solver import alm
+from conopt.solver.result import STATUS_MESSAGES, OuterIterate
+from conopt.solver.subproblem import KKTMeasures
 from tests.conopt.toy_problems import QP, random_qp
 
 f64 = torch.float64
@@ -49,7 +50,7 @@ class Box(conopt.ConstrainedProblem):
 
 
 def _record(problem: conopt.ConstrainedProblem, x0: torch.Tensor, **kwargs):
-    iterates: list[alm.OuterIterate] = []
+    iterates: list[OuterIterate] = []
     result = conopt.solve(problem, x0, callback=iterates.append, **kwargs)
     return result, iterates
 
@@ -283,7 +284,7 @@ def test_rosenbrock_in_the_disk_converges_to_the_optimum(scale):
 
 def test_stationarity_tolerance_is_relaxed_by_large_multipliers_only_up_to_a_cap():
     def merit(stationarity: float, multiplier_size: float) -> float:
-        kkt = alm._KKT(0.0, 0.0, stationarity, multiplier_size)
+        kkt = KKTMeasures(0.0, 0.0, stationarity, multiplier_size)
         return kkt.merit(feasibility_tol=1e-7, optimality_tol=1e-5)
 
     # s_d = max(1, mean |multiplier| / 100), at most 100.
@@ -447,7 +448,7 @@ def test_result_fields_shapes_and_dtype():
     assert result.fun == pytest.approx(float(((result.x - 2) ** 2).sum()))
     assert result.max_violation == result.kkt.max_violation <= 1e-7
     assert result.nit >= 1 and result.ninner >= 1 and result.nfev >= result.ninner
-    assert result.time > 0 and result.rho > 0 and result.message == alm.STATUS_MESSAGES[0]
+    assert result.time > 0 and result.rho > 0 and result.message == STATUS_MESSAGES[0]
 
 
 def test_float32_keeps_its_dtype():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from l0_sparsity.nn.layers import GatedBatchNorm2d, sparsify
+from l0_sparsity.nn import GatedBatchNorm2d, sparsify
 from l0_sparsity.training import trainer as l0_train
 from l0_sparsity.training.calibration import recalibrate_batchnorm
 from l0_sparsity.training.presets import get_preset
@@ -88,4 +88,4 @@ def test_trainer_recalibrates_before_each_evaluation(tmp_path, monkeypatch):
     result = l0_train.train(config)
     assert calls == [3] * config.epochs and len(result.history) == config.epochs
     with pytest.raises(ValueError, match="bn_recalibration must be >= 0"):
-        l0_train.validate_config(config.replace(bn_recalibration=-1))
+        config.replace(bn_recalibration=-1).validate()

@@ -192,7 +192,7 @@ def test_a_mode_flag_replaces_the_presets_mode():
 
 def test_python_api_refuses_layer_targets_with_a_penalty():
     with pytest.raises(ValueError, match=r"layer_targets .* and penalty .* exclude each other"):
-        trainer.validate_config(SMOKE.replace(layer_targets=(0.5,), penalty=0.1))
+        SMOKE.replace(layer_targets=(0.5,), penalty=0.1).validate()
 
 
 # ---------------------------------------------------------------- 4. help and presets
@@ -269,7 +269,7 @@ def test_training_png_is_written_after_every_epoch(tmp_path, monkeypatch):
 def test_ctrl_c_names_the_saved_epoch_and_the_resume_command(tmp_path, capsys, monkeypatch):
     argv = smoke_cli(tmp_path / "my run", "--epochs", "3", "--batch-size", "512")
     calls = []
-    original = trainer._step
+    original = trainer.train_step
 
     def interrupted_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -277,7 +277,7 @@ def test_ctrl_c_names_the_saved_epoch_and_the_resume_command(tmp_path, capsys, m
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_step", interrupted_in_epoch_2)
+    monkeypatch.setattr(trainer, "train_step", interrupted_in_epoch_2)
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
@@ -285,7 +285,7 @@ def test_ctrl_c_names_the_saved_epoch_and_the_resume_command(tmp_path, capsys, m
     command = err.split("continue with: ", 1)[1].strip()
     assert command == shlex.join(["l0-sparsity", *argv, "--resume"])
 
-    monkeypatch.setattr(trainer, "_step", original)
+    monkeypatch.setattr(trainer, "train_step", original)
     assert main(shlex.split(command)[1:]) == 0
     assert load_checkpoint(tmp_path / "my run" / "checkpoint.pt")["epoch"] == 2
 
@@ -294,7 +294,7 @@ def test_ctrl_c_before_any_epoch_was_saved_says_so(tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "_step", interrupted)
+    monkeypatch.setattr(trainer, "train_step", interrupted)
     assert main(smoke_cli(tmp_path, *ONE_EPOCH)) == 130
     err = capsys.readouterr().err
     assert "before any epoch was saved" in err and "nothing to resume" in err

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import l0_sparsity.training.trainer as trainer
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import gated_layers
+from l0_sparsity.nn import gated_layers
 from l0_sparsity.purging import purge
-from l0_sparsity.training.checkpoint import load_checkpoint
+from l0_sparsity.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from l0_sparsity.training.config import TrainConfig
 from l0_sparsity.training.presets import get_preset
+from l0_sparsity.training.trainer import train
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -35,7 +36,7 @@ TRAIN_CASES = [
 ]
 
 
-def _config(device: str, model: str, amp: str, output_dir: Path) -> trainer.TrainConfig:
+def _config(device: str, model: str, amp: str, output_dir: Path) -> TrainConfig:
     return get_preset("synthetic_smoke").replace(
         device=device,
         model=model,
@@ -53,7 +54,7 @@ def _config(device: str, model: str, amp: str, output_dir: Path) -> trainer.Trai
 @pytest.mark.parametrize(("device", "model", "amp"), TRAIN_CASES)
 def test_training_on_device_moves_density_and_resumes(device, model, amp, tmp_path):
     config = _config(device, model, amp, tmp_path)
-    first = trainer.train(config)
+    first = train(config)
     params = list(first.model.parameters())
     assert {p.device.type for p in params} == {device}
     assert {p.dtype for p in params} == {torch.float32}  # autocast leaves the masters alone
@@ -63,11 +64,11 @@ def test_training_on_device_moves_density_and_resumes(device, model, amp, tmp_pa
     assert final["multiplier/density"] > 0.0  # the density (about 0.83 at init) exceeds 0.35
     for _, layer in gated_layers(first.model):
         assert torch.isfinite(layer.log_alpha).all()
-    saved = load_checkpoint(tmp_path / trainer.CHECKPOINT_NAME)
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     scaler = saved.get("scaler")
     assert bool(scaler) == (amp == "fp16")  # a GradScaler exactly for fp16
 
-    second = trainer.train(config.replace(epochs=2, resume=True))
+    second = train(config.replace(epochs=2, resume=True))
     assert second.final["epoch"] == 1 and math.isfinite(second.final["train_loss"])
 
 

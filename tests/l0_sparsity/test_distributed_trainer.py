@@ -43,8 +43,9 @@ from l0_helpers import smoke_cli
 from l0_sparsity.data import build_datasets, make_loader
 from l0_sparsity.models import build_model
 from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.training.evaluate import count_correct
 from l0_sparsity.training.presets import get_preset
-from l0_sparsity.training.trainer import count_correct, train
+from l0_sparsity.training.trainer import train
 
 EPOCHS = 2
 BATCH_SIZE = 64  # global: 2 × 32 under DDP; 16 steps per epoch

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from l0_sparsity.models import build_model
+from l0_sparsity.nn import L0Conv2d, L0Linear, gated_layers, sparsify
 from l0_sparsity.nn.gate_set import GateSet, JointSampling, sample_jointly
 from l0_sparsity.nn.gates import HardConcrete
-from l0_sparsity.nn.layers import L0Conv2d, L0Linear, gated_layers, sparsify
 from l0_sparsity.purging import purge
 
 

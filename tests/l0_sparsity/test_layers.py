@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from l0_sparsity.measures import expected_density, expected_l2, layer_densities, test_density
-from l0_sparsity.nn.gates import HardConcrete
-from l0_sparsity.nn.layers import (
+from l0_sparsity.nn import (
     GatedBatchNorm2d,
     GatedLayer,
     L0Conv2d,
@@ -23,6 +22,7 @@ from l0_sparsity.nn.layers import (
     sparsify,
     weight_parameters,
 )
+from l0_sparsity.nn.gates import HardConcrete
 
 HC = HardConcrete()
 OPEN, DEAD = 20.0, -20.0  # log α giving median gates of exactly 1 and 0
@@ -490,9 +490,9 @@ def test_sparsify_reports_what_it_gated_on_the_model():
 
 
 def test_sparsify_logs_its_summary_at_info(caplog):
-    with caplog.at_level(logging.INFO, logger="l0_sparsity.nn.layers"):
+    with caplog.at_level(logging.INFO, logger="l0_sparsity.nn.sparsifying"):
         sparsify(_user_model(), skip="6")
-    (record,) = [r for r in caplog.records if r.name == "l0_sparsity.nn.layers"]
+    (record,) = [r for r in caplog.records if r.name == "l0_sparsity.nn.sparsifying"]
     assert record.levelno == logging.INFO
     assert "gated 2 layer(s) [0, 3]" in record.getMessage()
     assert "kept dense by skip: [6]" in record.getMessage()

@@ -7,14 +7,8 @@ import torch
 from l0_helpers import SPECS
 from torch import nn
 
-from l0_sparsity.models import (
-    MODELS,
-    block_conv_names,
-    build_model,
-    gate_blocks,
-    resnet18_cifar,
-)
-from l0_sparsity.nn.layers import (
+from l0_sparsity.models import MODELS, block_conv_names, build_model, gate_blocks
+from l0_sparsity.nn import (
     GatedBatchNorm2d,
     L0Conv2d,
     L0Linear,
@@ -146,7 +140,7 @@ def test_gated_resnet_training_step_reaches_gates_and_weights():
 
 
 def test_gate_blocks_gates_exactly_the_block_convolutions():
-    dense = resnet18_cifar(gated=False)
+    dense = build_model("resnet18_cifar", gated=False)
     assert gate_blocks(dense, gated=False) is dense and not gated_layers(dense)
     model = gate_blocks(dense, droprate_init=0.2)
     assert {name for name, _ in gated_layers(model)} == block_conv_names(model)

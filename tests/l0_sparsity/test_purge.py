@@ -11,11 +11,12 @@ from l0_helpers import SPECS
 from torch import nn
 
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import GatedBatchNorm2d, L0Linear, gated_layers, sparsify
+from l0_sparsity.nn import GatedBatchNorm2d, L0Linear, gated_layers, sparsify
 from l0_sparsity.purging import (
     PurgeReport,
     count_flops,
     count_params,
+    export,
     purge,
     purge_report,
     save_purged,
@@ -194,7 +195,7 @@ def test_saved_purged_model_reloads_without_l0_sparsity(tmp_path):
     _force(model, 0.5)
     x = torch.randn(3, 1, 28, 28)
     path = tmp_path / "lenet.pt2"
-    save_purged(model, path, x[:2])
+    export(model, path, x[:2])
     torch.save(x, tmp_path / "x.pt")
     script = textwrap.dedent(
         f"""
@@ -210,6 +211,17 @@ def test_saved_purged_model_reloads_without_l0_sparsity(tmp_path):
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_purged_is_a_deprecated_alias_of_export(tmp_path):
+    model = sparsify(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))).eval()
+    x = torch.randn(3, 4)
+    with pytest.warns(DeprecationWarning, match=r"l0_sparsity\.purging\.export"):
+        program = save_purged(model, tmp_path / "small.pt2", x[:2], dynamic_batch=False)
+    reloaded = torch.export.load(tmp_path / "small.pt2")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.module()(x[:2]), model(x[:2]))
+        torch.testing.assert_close(program.module()(x[:2]), model(x[:2]))
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet18_cifar"])

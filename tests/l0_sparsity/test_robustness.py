@@ -31,9 +31,11 @@ import l0_sparsity.training.trainer as trainer
 from l0_sparsity.cli.app import main
 from l0_sparsity.data import DATASETS
 from l0_sparsity.models import MODELS, build_model
-from l0_sparsity.nn.layers import gate_parameters
+from l0_sparsity.nn import gate_parameters
 from l0_sparsity.problem import SparsityProblem
-from l0_sparsity.training.checkpoint import load_checkpoint
+from l0_sparsity.training import optimizers as l0_optimizers
+from l0_sparsity.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from l0_sparsity.training.precision import amp_dtype
 from l0_sparsity.training.presets import PRESETS, get_preset
 from l0_sparsity.training.trainer import train
 
@@ -119,14 +121,14 @@ def test_fp16_gradscaler_path_skips_an_overflow_and_resumes_with_the_scaler(tmp_
         first = train(config)
     steps = len(seen)
     assert set(seen) == {torch.float16}  # autocast was on
-    scaler = load_checkpoint(tmp_path / trainer.CHECKPOINT_NAME)["scaler"]
+    scaler = load_checkpoint(tmp_path / CHECKPOINT_NAME)["scaler"]
     assert scaler["scale"] == 2.0**16 / 2  # one backoff, for the overflowing step
     assert scaler["_growth_tracker"] == steps - overflow_step  # clean steps since the backoff
     assert math.isfinite(first.final["train_loss"])
     assert all(torch.isfinite(p).all() for p in first.model.parameters())
 
     second = train(config.replace(epochs=2, resume=True))
-    scaler = load_checkpoint(tmp_path / trainer.CHECKPOINT_NAME)["scaler"]
+    scaler = load_checkpoint(tmp_path / CHECKPOINT_NAME)["scaler"]
     assert scaler["_growth_tracker"] == 2 * steps - overflow_step  # restored, then continued
     assert scaler["scale"] == 2.0**15
     assert second.final["epoch"] == 1 and math.isfinite(second.final["train_loss"])
@@ -134,11 +136,11 @@ def test_fp16_gradscaler_path_skips_an_overflow_and_resumes_with_the_scaler(tmp_
 
 def test_amp_setting_to_autocast_dtype():
     cpu = torch.device("cpu")
-    assert trainer.amp_dtype("auto", cpu) is None  # the GPU presets' "auto": full precision here
-    assert trainer.amp_dtype("off", cpu) is None
-    assert trainer.amp_dtype("bf16", cpu) == torch.bfloat16
+    assert amp_dtype("auto", cpu) is None  # the GPU presets' "auto": full precision here
+    assert amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        trainer.amp_dtype("fp16", cpu)
+        amp_dtype("fp16", cpu)
 
 
 # -------------------------------------------------------------------------------- compile
@@ -224,9 +226,11 @@ def test_nonfinite_raise_ends_the_cli_run_with_one_line_naming_it(
 
 def test_nonfinite_skip_skips_counts_and_changes_nothing(tmp_path, monkeypatch):
     optimizers: list[torch.optim.Optimizer] = []
-    make = trainer.make_optimizer
+    make = l0_optimizers.make_optimizer
     monkeypatch.setattr(
-        trainer, "make_optimizer", lambda *args: optimizers.append(make(*args)) or optimizers[-1]
+        l0_optimizers,
+        "make_optimizer",
+        lambda *args: optimizers.append(make(*args)) or optimizers[-1],
     )
     snapshots: dict[int, list[torch.Tensor]] = {}
     adam_steps: dict[int, list[float]] = {}

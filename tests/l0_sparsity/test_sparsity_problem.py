@@ -4,7 +4,7 @@ import torch
 import conopt
 from l0_sparsity.measures import expected_density
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import gate_parameters
+from l0_sparsity.nn import gate_parameters
 from l0_sparsity.problem import SparsityProblem
 
 

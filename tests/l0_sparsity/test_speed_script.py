@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.layers import gated_layers
+from l0_sparsity.nn import gated_layers
 
 speed = pytest.importorskip("benchmarks.l0_speed")
 pytestmark = pytest.mark.usefixtures("keep_threads")  # the scripts set one thread

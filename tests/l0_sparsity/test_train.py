@@ -10,22 +10,18 @@ import torch
 
 from l0_sparsity.cli.app import main
 from l0_sparsity.models import build_model
-from l0_sparsity.nn.gates import HardConcrete
-from l0_sparsity.nn.layers import gate_parameters, weight_parameters
+from l0_sparsity.nn import HardConcrete, gate_parameters, weight_parameters
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.training.checkpoint import (
+    CHECKPOINT_NAME,
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
     save_atomic,
 )
+from l0_sparsity.training.optimizers import make_constrained_optimizer, make_scheduler
 from l0_sparsity.training.presets import PRESETS, get_preset
-from l0_sparsity.training.trainer import (
-    CHECKPOINT_NAME,
-    make_constrained_optimizer,
-    make_scheduler,
-    train,
-)
+from l0_sparsity.training.trainer import train
 
 SMOKE = get_preset("synthetic_smoke").replace(threads=1, num_workers=0)
 
@@ -188,10 +184,10 @@ def test_demo_trains_both_runs_and_prints_the_table(tmp_path):
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_make_optimizer_is_fused_and_falls_back_to_foreach(kind, monkeypatch):
-    from l0_sparsity.training import trainer as trainer
+    from l0_sparsity.training import optimizers
 
     params = [torch.nn.Parameter(torch.zeros(3))]
-    optimizer = trainer.make_optimizer(kind, params, 0.1)
+    optimizer = optimizers.make_optimizer(kind, params, 0.1)
     assert optimizer.defaults["fused"] is True and optimizer.defaults["lr"] == 0.1
 
     name = "SGD" if kind == "sgd" else "Adam"
@@ -204,13 +200,13 @@ def test_make_optimizer_is_fused_and_falls_back_to_foreach(kind, monkeypatch):
             super().__init__(*args, fused=fused, **kwargs)
 
     monkeypatch.setattr(torch.optim, name, NoFusedKernel)
-    optimizer = trainer.make_optimizer(kind, params, 0.1)
+    optimizer = optimizers.make_optimizer(kind, params, 0.1)
     assert optimizer.defaults["foreach"] is True and not optimizer.defaults["fused"]
 
 
 def test_evaluate_accuracy_counts_every_sample_once():
     from l0_sparsity.data import build_datasets, make_loader
-    from l0_sparsity.training.trainer import evaluate_accuracy
+    from l0_sparsity.training.evaluate import evaluate_accuracy
 
     _, test, info = build_datasets("synthetic", num_train=8, num_test=30)
     model = build_model(

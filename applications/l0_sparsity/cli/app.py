@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``train --preset NAME [--FIELD VALUE ...]``: train; every field of
-  :class:`~l0_sparsity.training.presets.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
+  :class:`~l0_sparsity.training.config.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
   ``--layer-targets 0.2,0.3``, ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``,
   ``--overwrite``). ``--target``, ``--layer-targets`` and ``--penalty`` each choose the
   constraint mode, replacing the preset's: at most one of them is given. An ``--output-dir``
@@ -26,51 +26,33 @@ constraint (``--on-nonfinite raise``, the default) ends the same way with exit c
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
-import shlex
 import sys
 import typing
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from conopt.optim.lagrangian import NonFiniteError
-from l0_sparsity.data import DATASETS, DatasetNotFoundError
-from l0_sparsity.models import MODELS
-from l0_sparsity.training.checkpoint import CheckpointError, one_line
-from l0_sparsity.training.presets import (
-    AMP_MODES,
-    DEVICES,
-    ON_NONFINITE,
-    OPTIMIZERS,
-    PRESETS,
-    TrainConfig,
-    field_docs,
-    get_preset,
+from conopt.optim import NonFiniteError
+from l0_sparsity.cli.flags import (
+    UserError,
+    add_config_flags,
+    config_from_args,
+    known_name,
+    resume_command,
 )
+from l0_sparsity.data import DatasetNotFoundError
+from l0_sparsity.training.checkpoint import CheckpointError, one_line
+from l0_sparsity.training.config import TrainConfig
+from l0_sparsity.training.presets import PRESETS
 
 if TYPE_CHECKING:
-    from l0_sparsity.training.trainer import TrainResult
+    from l0_sparsity.training.run import TrainResult
 
 EXIT_TRAINING_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-MODE_FIELDS = ("target", "layer_targets", "penalty")
-"""The fields that choose the constraint mode: at most one of them is given as a flag."""
 TARGET_TOLERANCE = 0.01
 """How far above its target a final expected density may be before ``done:`` calls it missed
 (one percentage point: the constrained runs end within it, e.g. 0.3525 against 0.35)."""
-_PLAIN_CHOICES = {
-    "optimizer": OPTIMIZERS,
-    "device": DEVICES,
-    "amp": AMP_MODES,
-    "on_nonfinite": ON_NONFINITE,
-}
-_NAMED_CHOICES = {"model": MODELS, "dataset": DATASETS}
-
-
-class UserError(Exception):
-    """An error caused by the user's input, reported without a traceback."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,121 +64,6 @@ class _Parser(argparse.ArgumentParser):
             EXIT_USER_ERROR,
             f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n",
         )
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _known(kind: str, names: Iterable[str]) -> Callable[[str], str]:
-    """A converter accepting the registered ``names``; others are "unknown {kind}" errors."""
-    valid = list(names)
-
-    def convert(text: str) -> str:
-        if text not in valid:
-            raise argparse.ArgumentTypeError(
-                f"unknown {kind} {text!r}; valid {kind}s: {', '.join(valid)}"
-            )
-        return text
-
-    convert.__name__ = kind
-    return convert
-
-
-def _summary(text: str) -> str:
-    """The first sentence of a field's description: its one-line help."""
-    return re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0]
-
-
-def _comma_separated(item: type) -> Any:
-    """A converter of ``"0.2,0.3"`` to ``(0.2, 0.3)``, named for argparse's error messages."""
-
-    def convert(text: str) -> tuple[Any, ...]:
-        return tuple(item(v) for v in text.split(",") if v.strip())
-
-    convert.__name__ = f"comma-separated {item.__name__}"
-    return convert
-
-
-def _parser_for(annotation: Any) -> tuple[Any, bool]:
-    """(converter, is_bool) for a dataclass field's annotation."""
-    hints = {typing.get_origin(annotation), *typing.get_args(annotation)}
-    if annotation is bool or annotation == "bool":
-        return None, True
-    if typing.get_origin(annotation) is tuple:
-        return _comma_separated(typing.get_args(annotation)[0]), False
-    for kind in (int, float, str):
-        if annotation is kind or kind in hints:
-            return kind, False
-    raise TypeError(f"unsupported config field type {annotation!r}")
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field; unset flags keep the preset's value.
-
-    Each flag's help is the first sentence of its field's description in the
-    ``TrainConfig`` docstring (:func:`~l0_sparsity.training.presets.field_docs`); the fields with a
-    fixed set of values list them as argparse ``choices``.
-
-    Args:
-        parser: The ``train`` subcommand's parser.
-    """
-    hints = typing.get_type_hints(TrainConfig)
-    docs = field_docs()
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "preset":
-            continue
-        converter, is_bool = _parser_for(hints[field.name])
-        options: dict[str, Any] = {"dest": field.name, "default": None}
-        if is_bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = converter
-        if field.name in _PLAIN_CHOICES:
-            options["choices"] = _PLAIN_CHOICES[field.name]
-        elif field.name in _NAMED_CHOICES:
-            options["choices"] = list(_NAMED_CHOICES[field.name])
-            options["type"] = _known(field.name, _NAMED_CHOICES[field.name])
-        elif typing.get_origin(hints[field.name]) is tuple:
-            options["metavar"] = "V[,V...]"
-        help_text = _summary(docs[field.name]).replace("%", "%%")
-        parser.add_argument(_flag(field.name), help=help_text, **options)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset named by ``args.preset`` with every given flag applied.
-
-    A mode flag (``--target``, ``--layer-targets``, ``--penalty``) chooses the constraint mode:
-    it clears the preset's other two, so that the flag given is the one that counts.
-
-    Args:
-        args: The parsed ``train`` arguments.
-
-    Returns:
-        The run's configuration.
-
-    Raises:
-        UserError: For an unknown preset, or more than one mode flag.
-    """
-    try:
-        base = get_preset(args.preset)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    changes = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if f.name != "preset" and getattr(args, f.name, None) is not None
-    }
-    modes = [name for name in MODE_FIELDS if changes.get(name) not in (None, ())]
-    if len(modes) > 1:
-        raise UserError(
-            f"{' and '.join(_flag(m) for m in modes)} exclude each other: give one of --target "
-            "(model-wise), --layer-targets (layer-wise) or --penalty (penalized baseline)."
-        )
-    if modes:  # the preset's other modes would take precedence over the one asked for
-        cleared = {"layer_targets": (), "penalty": None}
-        changes = {**{k: v for k, v in cleared.items() if k != modes[0]}, **changes}
-    return base.replace(**changes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset",
         default="mnist_mlp",
-        type=_known("preset", PRESETS),
+        type=known_name("preset", PRESETS),
         choices=list(PRESETS),
         metavar="NAME",
         help=f"the preset the other flags override, one of: {', '.join(PRESETS)} "
@@ -299,9 +166,9 @@ def _epochs(count: int) -> str:
 
 def _mode_text(preset: TrainConfig) -> str:
     """The preset's constraint as ``target=...``, ``layer_targets=...`` or ``penalty=...``."""
-    if preset.penalty is not None:
+    if preset.mode == "penalized":
         return f"penalty={preset.penalty}"
-    if preset.layer_targets:
+    if preset.mode == "layer-wise":
         values = ",".join(str(v) for v in preset.layer_targets)
         every = " (every gated layer)" if len(preset.layer_targets) == 1 else ""
         return f"layer_targets={values}{every}"
@@ -317,43 +184,9 @@ def _run_presets() -> None:
         )
 
 
-def _train_options() -> list[str]:
-    """Every option string of the ``train`` subcommand."""
-    hints = typing.get_type_hints(TrainConfig)
-    options = ["--help", "--preset"]
-    for field in dataclasses.fields(TrainConfig):
-        options.append(_flag(field.name))
-        if hints[field.name] is bool:
-            options.append("--no-" + field.name.replace("_", "-"))
-    return options
-
-
-def resume_command(argv: Sequence[str]) -> str:
-    """The shell command that resumes the ``train`` run of ``argv``.
-
-    ``argv`` with ``--resume`` added and any ``--[no-]resume`` or ``--[no-]overwrite`` (also
-    abbreviated, as argparse accepts) removed.
-
-    Args:
-        argv: The ``l0-sparsity`` arguments of the run (``train ...``).
-
-    Returns:
-        The command, quoted for a POSIX shell.
-    """
-    options = _train_options()
-    dropped = {"--resume", "--no-resume", "--overwrite", "--no-overwrite"}
-
-    def option(token: str) -> str:
-        matches = [o for o in options if o.startswith(token)] if token.startswith("--") else []
-        return token if token in options or len(matches) != 1 else matches[0]
-
-    kept = [token for token in argv if option(token) not in dropped]
-    return shlex.join(["l0-sparsity", *kept, "--resume"])
-
-
 def _interrupted(interrupt: KeyboardInterrupt, argv: Sequence[str]) -> str:
     """The message of a Ctrl-C: the last saved epoch and how to continue, when training."""
-    from l0_sparsity.training.trainer import TrainingInterrupted
+    from l0_sparsity.training.run import TrainingInterrupted
 
     if not isinstance(interrupt, TrainingInterrupted):
         return "interrupted"

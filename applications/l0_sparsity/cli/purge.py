@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from l0_sparsity.data import build_datasets
-from l0_sparsity.models import build_model
-from l0_sparsity.purging import PurgeReport, purge, purge_report, save_purged
+from l0_sparsity.purging import PurgeReport, export, purge, purge_report
+from l0_sparsity.training.builders import load_datasets, make_model
 from l0_sparsity.training.checkpoint import CheckpointError, load_checkpoint
+from l0_sparsity.training.config import TrainConfig
 
 
 def check_out_path(out: str | os.PathLike[str]) -> None:
@@ -49,8 +49,9 @@ def purge_checkpoint(
 ) -> PurgeReport:
     """Build the purged model of ``checkpoint`` and save it (``torch.export``) to ``out``.
 
-    The model is rebuilt from the checkpoint's configuration (the dataset is read only for its
-    input shape and class count). ``out`` is not written if anything fails.
+    The model is rebuilt from the checkpoint's configuration as the trainer builds it
+    (:func:`~l0_sparsity.training.builders.make_model`; the dataset is read only for its input
+    shape and class count). ``out`` is not written if anything fails.
 
     Args:
         checkpoint: A training checkpoint (``checkpoint.pt``).
@@ -65,26 +66,18 @@ def purge_checkpoint(
     """
     check_out_path(out)
     payload = load_checkpoint(checkpoint)
-    config = payload["config"]
-    options = {k: config[k] for k in ("subset", "test_subset") if config.get(k) is not None}
-    _, _, info = build_datasets(config["dataset"], config.get("data_root"), **options)
-    model = build_model(
-        config["model"],
-        num_classes=info.num_classes,
-        in_channels=info.in_channels,
-        image_size=info.image_size,
-        droprate_init=config["droprate_init"],
-        structured=config["structured"],
-    )
+    config = TrainConfig.from_dict(payload["config"])
+    _, _, info = load_datasets(config)
+    model = make_model(config, info)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise CheckpointError(
-            f"{checkpoint} does not fit model {config['model']!r}: {error}"
+            f"{checkpoint} does not fit model {config.model!r}: {error}"
         ) from None
     model.eval()
     example = torch.zeros(2, *info.input_shape)
     purged = purge(model)
     report = purge_report(model, example, purged)
-    save_purged(purged, out, example)
+    export(purged, out, example)
     return report

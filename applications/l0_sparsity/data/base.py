@@ -19,11 +19,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = [
+    "DEFAULT_DATA_ROOT",
     "Batch",
     "BatchTransform",
     "DatasetFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "Stats",
     "SubsettableDataset",
     "TensorImageDataset",
     "apply_subsets",
@@ -34,6 +36,10 @@ __all__ = [
 
 BatchTransform = Callable[[Tensor, "torch.Generator | None"], Tensor]
 """A batch-wise transform ``f(images, generator) -> images`` on ``(N, C, H, W)`` tensors."""
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+"""Per-channel ``(mean, std)`` of a dataset's ``[0, 1]`` pixels."""
+DEFAULT_DATA_ROOT = Path("data")
+"""Root searched for user datasets (CIFAR, TinyImageNet, ImageNet) when none is given."""
 
 _MASK64 = (1 << 64) - 1
 

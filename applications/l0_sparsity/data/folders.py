@@ -25,8 +25,13 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import DatasetFormatError, DatasetInfo, apply_subsets, missing_files_error
-from .sources import DEFAULT_DATA_ROOT
+from .base import (
+    DEFAULT_DATA_ROOT,
+    DatasetFormatError,
+    DatasetInfo,
+    apply_subsets,
+    missing_files_error,
+)
 from .transforms import ImageEvalTransform, ImageTrainTransform
 
 __all__ = [

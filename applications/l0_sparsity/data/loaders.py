@@ -13,7 +13,7 @@ then takes positions ``r, r + W, r + 2W, …``. All ranks get equally many sampl
 disjoint positions of the same permutation. Batches carry sample indices, so duplicates from
 padding can be told apart (e.g. when evaluating).
 
-Two loaders share this rule:
+Two loaders share this rule (:class:`EpochOrder`):
 
 * :class:`TensorBatchLoader` for :class:`TensorImageDataset`: each batch is one gather on whole
   tensors plus a vectorized augmentation (no per-sample collate).
@@ -35,6 +35,7 @@ from .base import Batch, TensorImageDataset, mix_seed
 
 __all__ = [
     "EpochDataLoader",
+    "EpochOrder",
     "EpochShardSampler",
     "TensorBatchLoader",
     "collate_samples",
@@ -99,7 +100,66 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
-class TensorBatchLoader:
+class EpochOrder:
+    """This rank's share of each epoch's sample order: the rule both loaders follow.
+
+    The order of epoch ``e`` is :func:`epoch_permutation` of ``(seed, e)``, sharded by
+    :func:`shard_indices`. Call :meth:`set_epoch` before each epoch.
+
+    Args:
+        num_samples: Dataset size.
+        shuffle: Permute each epoch (else keep the dataset order).
+        seed: Run seed of the permutations (and augmentations).
+        rank: This process's rank.
+        world_size: Number of processes sharing the epoch.
+        pad_shards: Make shards equal by padding (default) or by dropping samples.
+
+    Raises:
+        ValueError: On an invalid rank or world size.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_shards: bool = True,
+    ) -> None:
+        shard_indices(torch.arange(1), rank, world_size)  # validates rank / world size
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pad_shards = pad_shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order (and augmentations) the next iteration produces.
+
+        Same contract as ``DistributedSampler.set_epoch``: the epoch is not advanced
+        automatically.
+
+        Args:
+            epoch: Epoch number (0-based by convention).
+        """
+        self.epoch = epoch
+
+    @property
+    def shard_size(self) -> int:
+        """Samples per epoch on this rank."""
+        return _shard_size(self.num_samples, self.world_size, self.pad_shards)
+
+    def indices(self) -> Tensor:
+        """This rank's sample indices for the current epoch, in iteration order."""
+        order = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
+        return shard_indices(order, self.rank, self.world_size, self.pad_shards)
+
+
+class TensorBatchLoader(EpochOrder):
     """Fast batches ``(inputs, targets, indices)`` from an in-memory dataset.
 
     Each batch gathers whole tensors with a slice of the epoch's (sharded) permutation, then
@@ -134,35 +194,23 @@ class TensorBatchLoader:
         device: torch.device | str | None = None,
     ) -> None:
         _check_batch_size(batch_size)
-        shard_indices(torch.arange(1), rank, world_size)  # validates rank / world size
+        super().__init__(
+            len(dataset),
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            pad_shards=pad_shards,
+        )
         self.dataset = dataset
         self.batch_size = batch_size
-        self.shuffle = shuffle
         self.augment = augment
         self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.pad_shards = pad_shards
         self.device = torch.device(device) if device is not None else None
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentations the next iteration produces.
-
-        Args:
-            epoch: Epoch number (0-based by convention).
-        """
-        self.epoch = epoch
-
-    def indices(self) -> Tensor:
-        """This rank's sample indices for the current epoch, in iteration order."""
-        order = epoch_permutation(len(self.dataset), self.seed, self.epoch, self.shuffle)
-        return shard_indices(order, self.rank, self.world_size, self.pad_shards)
 
     def __len__(self) -> int:
         """Number of batches per epoch on this rank."""
-        size = _shard_size(len(self.dataset), self.world_size, self.pad_shards)
+        size = self.shard_size
         return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -177,72 +225,23 @@ class TensorBatchLoader:
                 batch = Batch(*(t.to(self.device, non_blocking=True) for t in batch))
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        """The position to resume from: ``{"epoch", "seed"}``."""
-        return {"epoch": self.epoch, "seed": self.seed}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore :meth:`state_dict`'s epoch and seed.
-
-        Args:
-            state: A dictionary from :meth:`state_dict`.
-        """
-        self.epoch = int(state["epoch"])
-        self.seed = int(state["seed"])
-
-
-class EpochShardSampler(Sampler[tuple[int, int]]):
+class EpochShardSampler(EpochOrder, Sampler[tuple[int, int]]):
     """Sampler with the same order and sharding as :class:`TensorBatchLoader`.
 
     Yields ``(index, augmentation_seed)`` pairs with ``seed = mix_seed(seed, epoch, index)``,
     which :class:`~l0_sparsity.data.folders.ImageFileDataset` uses to seed that sample's
     augmentation: results are independent of ``num_workers`` and of the rank count.
-
-    Args:
-        num_samples: Dataset size.
-        shuffle: Permute each epoch.
-        seed: Run seed.
-        rank: This process's rank.
-        world_size: Number of processes.
-        pad_shards: Equalize shards by padding (default) or dropping.
+    Constructed as :class:`EpochOrder`.
     """
-
-    def __init__(
-        self,
-        num_samples: int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pad_shards: bool = True,
-    ) -> None:
-        shard_indices(torch.arange(1), rank, world_size)
-        self.num_samples = num_samples
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.pad_shards = pad_shards
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch of the next iteration (same contract as ``DistributedSampler``).
-
-        Args:
-            epoch: Epoch number.
-        """
-        self.epoch = epoch
 
     def __len__(self) -> int:
         """Samples per epoch on this rank."""
-        return _shard_size(self.num_samples, self.world_size, self.pad_shards)
+        return self.shard_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         """Yield ``(index, augmentation_seed)`` for this rank's share of the epoch."""
-        order = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
-        shard = shard_indices(order, self.rank, self.world_size, self.pad_shards)
-        for index in shard.tolist():
+        for index in self.indices().tolist():
             yield index, mix_seed(self.seed, self.epoch, index)
 
 
@@ -364,25 +363,9 @@ def make_loader(
     Returns:
         A loader with ``set_epoch`` and ``len``, yielding :class:`Batch`.
     """
+    common = {"seed": seed, "rank": rank, "world_size": world_size, "drop_last": drop_last}
     if isinstance(dataset, TensorImageDataset):
         return TensorBatchLoader(
-            dataset,
-            batch_size,
-            shuffle=train,
-            augment=train,
-            drop_last=drop_last,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
+            dataset, batch_size, shuffle=train, augment=train, device=device, **common
         )
-    return make_image_loader(
-        dataset,
-        batch_size,
-        train=train,
-        num_workers=num_workers,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        drop_last=drop_last,
-    )
+    return make_image_loader(dataset, batch_size, train=train, num_workers=num_workers, **common)

@@ -9,14 +9,10 @@ from types import MappingProxyType
 from typing import Any
 
 from .base import DatasetInfo
+from .cifar import build_cifar10, build_cifar100
 from .folders import build_imagenet, build_tinyimagenet
-from .sources import (
-    build_cifar10,
-    build_cifar100,
-    build_fashion_mnist,
-    build_mnist5k,
-    build_synthetic,
-)
+from .mnist import build_fashion_mnist, build_mnist5k
+from .synthetic import build_synthetic
 
 __all__ = ["DATASETS", "DEFAULT_DATASET", "build_datasets", "dataset_options"]
 

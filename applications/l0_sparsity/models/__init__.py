@@ -1,8 +1,9 @@
-"""Model zoo of the L0-sparsity application and a name-based registry.
+"""Model zoo of the L0-sparsity application, as data: one registry entry per model.
 
-Every builder takes keyword arguments ``num_classes``, ``droprate_init``, ``structured`` and
-``gated`` (``gated=False`` builds the same architecture dense, for baselines), plus
-``in_channels`` and, for the fully connected models, ``image_size``.
+An entry (:class:`ModelEntry`) says how to build the model dense and what of it gets gates;
+:func:`build_model` builds it by name and gates it (``gated=False`` keeps it dense, for
+baselines). Every model takes ``num_classes``, ``in_channels``, ``droprate_init`` and
+``structured``; the fully connected ones also ``image_size``.
 
 ==================  ==========================================================================
 name                model (what gets gated)
@@ -18,25 +19,26 @@ name                model (what gets gated)
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from l0_sparsity.models.lenet import LeNet5, lenet5
-from l0_sparsity.models.mlp import MLP, mlp
+from l0_sparsity.models.lenet import LeNet5
+from l0_sparsity.models.mlp import MLP
 from l0_sparsity.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
     block_conv_names,
     gate_blocks,
-    resnet18,
-    resnet18_cifar,
-    resnet50,
+    outside_blocks,
 )
-from l0_sparsity.models.wrn import WideBasicBlock, WideResNet, wrn28_10
+from l0_sparsity.models.wrn import WideBasicBlock, WideResNet
+from l0_sparsity.nn import SkipSpec, sparsify
 
 __all__ = [
     "MLP",
@@ -44,29 +46,56 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "LeNet5",
+    "ModelEntry",
     "ResNet",
     "WideBasicBlock",
     "WideResNet",
     "block_conv_names",
     "build_model",
     "gate_blocks",
-    "lenet5",
-    "mlp",
-    "resnet18",
-    "resnet18_cifar",
-    "resnet50",
-    "wrn28_10",
+    "outside_blocks",
 ]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "lenet5": lenet5,
-    "resnet18_cifar": resnet18_cifar,
-    "wrn28_10": wrn28_10,
-    "resnet18": resnet18,
-    "resnet50": resnet50,
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its dense builder and what of it gets gates.
+
+    Attributes:
+        dense: Builds the dense model from keyword arguments: ``num_classes``, ``in_channels``
+            and the model's own (``image_size``, ``hidden``, ``depth``, ...).
+        droprate_init: The gates' initial drop rate when none is given.
+        skip: Given the dense model, the layers to keep dense (a ``skip`` of
+            :func:`~l0_sparsity.nn.sparsify`); ``None`` gates every ``nn.Linear`` and
+            ``nn.Conv2d``.
+    """
+
+    dense: Callable[..., nn.Module]
+    droprate_init: float
+    skip: Callable[[nn.Module], SkipSpec] | None = None
+
+
+MODELS: dict[str, ModelEntry] = {
+    "mlp": ModelEntry(MLP.for_images, droprate_init=0.5),
+    "lenet5": ModelEntry(LeNet5, droprate_init=0.5),
+    "resnet18_cifar": ModelEntry(
+        functools.partial(ResNet, BasicBlock, (2, 2, 2, 2), stem="cifar"),
+        droprate_init=0.3,
+        skip=outside_blocks,
+    ),
+    "wrn28_10": ModelEntry(WideResNet, droprate_init=0.3, skip=outside_blocks),
+    "resnet18": ModelEntry(
+        functools.partial(ResNet, BasicBlock, (2, 2, 2, 2), stem="imagenet"),
+        droprate_init=0.05,
+        skip=outside_blocks,
+    ),
+    "resnet50": ModelEntry(
+        functools.partial(ResNet, Bottleneck, (3, 4, 6, 3), stem="imagenet"),
+        droprate_init=0.05,
+        skip=outside_blocks,
+    ),
 }
-"""Registered builders by name."""
+"""Registered models by name."""
 
 
 def build_model(
@@ -75,19 +104,25 @@ def build_model(
     num_classes: int = 10,
     in_channels: int | None = None,
     image_size: int | None = None,
-    **kwargs: Any,
+    droprate_init: float | None = None,
+    structured: bool = True,
+    gated: bool = True,
+    **options: Any,
 ) -> nn.Module:
-    """Build a registered model by name.
+    """Build a registered model by name, gated as its entry says.
 
     Args:
         name: One of :data:`MODELS` (``"mlp"``, ``"lenet5"``, ``"resnet18_cifar"``,
             ``"wrn28_10"``, ``"resnet18"``, ``"resnet50"``).
         num_classes: Number of output logits.
-        in_channels: Input channels; ``None`` keeps the builder's default.
+        in_channels: Input channels; ``None`` keeps the model's default.
         image_size: Input side, used by ``mlp`` and ``lenet5`` and ignored by the
             size-agnostic residual networks; ``None`` keeps the default (28).
-        **kwargs: Further builder arguments (``droprate_init``, ``structured``, ``gated``,
-            ``input_size``, ``hidden``, ``dropout``, ...).
+        droprate_init: Initial drop rate of the gates; ``None`` takes the entry's.
+        structured: Structured (input-neuron / output-filter) gates, or one gate per weight.
+        gated: ``False`` builds the same architecture dense.
+        **options: Further arguments of the dense builder (``input_size``, ``hidden``,
+            ``depth``, ``widen_factor``, ``dropout``, ...).
 
     Returns:
         The model.
@@ -96,14 +131,21 @@ def build_model(
         ValueError: If ``name`` is not registered.
     """
     try:
-        builder = MODELS[name]
+        entry = MODELS[name]
     except KeyError:
         raise ValueError(
             f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}"
         ) from None
-    params = inspect.signature(builder).parameters
     if in_channels is not None:
-        kwargs["in_channels"] = in_channels
-    if image_size is not None and "image_size" in params:
-        kwargs["image_size"] = image_size
-    return builder(num_classes=num_classes, **kwargs)
+        options["in_channels"] = in_channels
+    if image_size is not None and "image_size" in inspect.signature(entry.dense).parameters:
+        options["image_size"] = image_size
+    model = entry.dense(num_classes=num_classes, **options)
+    if gated:
+        sparsify(
+            model,
+            structured=structured,
+            droprate_init=entry.droprate_init if droprate_init is None else droprate_init,
+            skip=entry.skip(model) if entry.skip is not None else None,
+        )
+    return model

@@ -1,7 +1,7 @@
-"""LeNet-5-Caffe for MNIST-size inputs (Louizos et al., 2018).
+"""LeNet-5-Caffe for MNIST-size inputs (Louizos et al., 2018), dense.
 
-With ``gated=True`` every convolution gets output-filter gates and every linear layer
-input-neuron gates.
+Registered as ``lenet5`` (:data:`l0_sparsity.models.MODELS`): every convolution gets
+output-filter gates and every linear layer input-neuron gates.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.nn.layers import sparsify
-
-__all__ = ["LeNet5", "lenet5"]
+__all__ = ["LeNet5"]
 
 
 class LeNet5(nn.Module):
@@ -40,31 +38,3 @@ class LeNet5(nn.Module):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
-
-
-def lenet5(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 1,
-    image_size: int = 28,
-    droprate_init: float = 0.5,
-    structured: bool = True,
-    gated: bool = True,
-) -> LeNet5:
-    """LeNet-5-Caffe with output-filter gates on the convs and input-neuron gates on the fcs.
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels.
-        image_size: Side of the square input.
-        droprate_init: Initial drop rate of the gates.
-        structured: Structured gates, or one gate per weight.
-        gated: ``False`` builds the same architecture dense.
-
-    Returns:
-        The model.
-    """
-    model = LeNet5(num_classes, in_channels, image_size)
-    if gated:
-        sparsify(model, structured=structured, droprate_init=droprate_init)
-    return model

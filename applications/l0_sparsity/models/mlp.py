@@ -1,7 +1,7 @@
-"""Multilayer perceptron (MLP 784-300-100-10 of Louizos et al., 2018).
+"""Multilayer perceptron (MLP 784-300-100-10 of Louizos et al., 2018), dense.
 
-With ``gated=True`` every linear layer gets input-neuron gates, including the first one, which
-thereby prunes input features (pixels).
+Registered as ``mlp`` (:data:`l0_sparsity.models.MODELS`): every linear layer gets input-neuron
+gates, including the first one, which thereby prunes input features (pixels).
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from l0_sparsity.nn.layers import sparsify
-
-__all__ = ["MLP", "mlp"]
+__all__ = ["MLP"]
 
 
 class MLP(nn.Module):
@@ -39,39 +37,31 @@ class MLP(nn.Module):
                 layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
 
+    @classmethod
+    def for_images(
+        cls,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        input_size: int | None = None,
+        hidden: Sequence[int] = (300, 100),
+    ) -> MLP:
+        """The MLP for square images (784-300-100-10 by default).
+
+        Args:
+            num_classes: Number of output logits.
+            in_channels: Input channels; with ``image_size`` gives the default input size.
+            image_size: Input side; ``input_size`` defaults to ``in_channels · image_size²``.
+            input_size: Number of input features, overriding the default (e.g. 784 or 3072).
+            hidden: Hidden widths.
+
+        Returns:
+            The model.
+        """
+        size = input_size if input_size is not None else in_channels * image_size * image_size
+        return cls(size, hidden, num_classes)
+
     def forward(self, x: Tensor) -> Tensor:
         """Flatten ``x`` and return the logits."""
         return self.layers(x.flatten(1))
-
-
-def mlp(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 1,
-    image_size: int = 28,
-    input_size: int | None = None,
-    hidden: Sequence[int] = (300, 100),
-    droprate_init: float = 0.5,
-    structured: bool = True,
-    gated: bool = True,
-) -> MLP:
-    """MLP 784-300-100-10 (by default) with input-neuron gates on every linear layer.
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels; with ``image_size`` gives the default input size.
-        image_size: Input side; ``input_size`` defaults to ``in_channels · image_size²``.
-        input_size: Number of input features, overriding the default (e.g. 784 or 3072).
-        hidden: Hidden widths.
-        droprate_init: Initial drop rate of the gates.
-        structured: Input-neuron gates, or one gate per weight.
-        gated: ``False`` builds the same architecture dense.
-
-    Returns:
-        The model.
-    """
-    size = input_size if input_size is not None else in_channels * image_size * image_size
-    model = MLP(size, hidden, num_classes)
-    if gated:
-        sparsify(model, structured=structured, droprate_init=droprate_init)
-    return model

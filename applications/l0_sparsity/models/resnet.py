@@ -1,20 +1,21 @@
 """Residual networks: CIFAR ResNet-18 and ImageNet ResNet-18 / ResNet-50 (He et al., 2016).
 
-With ``gated=True`` every convolution *inside* a residual block gets structured output-filter
-gates, and the BatchNorm after it becomes a :class:`~l0_sparsity.nn.layers.GatedBatchNorm2d`. The
-stem, the shortcut (``downsample``) convolutions and the classifier are never gated, so every
-block keeps its output width and the residual additions keep their shapes.
+Gated (:func:`gate_blocks`), every convolution *inside* a residual block gets structured
+output-filter gates, and the BatchNorm after it becomes a
+:class:`~l0_sparsity.nn.GatedBatchNorm2d`. The stem, the shortcut (``downsample``) convolutions
+and the classifier are never gated, so every block keeps its output width and the residual
+additions keep their shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.nn.layers import sparsify
+from l0_sparsity.nn import sparsify
 
 __all__ = [
     "BasicBlock",
@@ -22,10 +23,23 @@ __all__ = [
     "ResNet",
     "block_conv_names",
     "gate_blocks",
-    "resnet18",
-    "resnet18_cifar",
-    "resnet50",
+    "init_residual_weights",
+    "outside_blocks",
 ]
+
+
+def init_residual_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convolution weights, BatchNorm scale 1 and shift 0, in place.
+
+    Args:
+        model: A residual network; its other layers keep their initialization.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
@@ -139,12 +153,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_residual_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the logits for images ``x`` of shape ``(N, C, H, W)``."""
@@ -171,6 +180,20 @@ def block_conv_names(model: nn.Module) -> set[str]:
     return names
 
 
+def outside_blocks(model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """The ``skip`` predicate of :func:`~l0_sparsity.nn.sparsify` that gates block convs only.
+
+    Args:
+        model: A residual network whose blocks list their ``inner_convs``.
+
+    Returns:
+        ``(name, module) -> bool``: true (keep dense) for every layer not in
+        :func:`block_conv_names`.
+    """
+    targets = block_conv_names(model)
+    return lambda name, _module: name not in targets
+
+
 _Model = TypeVar("_Model", bound=nn.Module)
 
 
@@ -179,14 +202,14 @@ def gate_blocks(
 ) -> _Model:
     """Gate the convolutions inside ``model``'s residual blocks, in place.
 
-    Only :func:`block_conv_names` are gated (with :func:`~l0_sparsity.nn.layers.sparsify`): never
-    the stem, the shortcuts or the classifier. The builders of this module and of
-    :mod:`l0_sparsity.models.wrn` use it; it also gates a residual network of your own whose
-    blocks list their ``inner_convs``.
+    Only :func:`block_conv_names` are gated (with :func:`~l0_sparsity.nn.sparsify`): never
+    the stem, the shortcuts or the classifier. The registered residual networks
+    (:data:`l0_sparsity.models.MODELS`) are gated so; it also gates a residual network of your
+    own whose blocks list their ``inner_convs``.
 
     Args:
         model: A residual network (dense).
-        gated: ``False`` returns ``model`` unchanged (the builders' dense baselines).
+        gated: ``False`` returns ``model`` unchanged.
         droprate_init: Initial drop rate of the gates.
         structured: One gate per output filter, or one per weight.
 
@@ -194,90 +217,17 @@ def gate_blocks(
         ``model`` itself.
 
     Example:
-        >>> from l0_sparsity.nn.layers import gated_layers
-        >>> from l0_sparsity.models import block_conv_names, gate_blocks, resnet18_cifar
-        >>> model = gate_blocks(resnet18_cifar(gated=False))
+        >>> from l0_sparsity.nn import gated_layers
+        >>> from l0_sparsity.models import block_conv_names, build_model, gate_blocks
+        >>> model = gate_blocks(build_model("resnet18_cifar", gated=False))
         >>> {name for name, _ in gated_layers(model)} == block_conv_names(model)
         True
     """
     if gated:
-        targets = block_conv_names(model)
         sparsify(
             model,
             structured=structured,
             droprate_init=droprate_init,
-            skip=lambda name, _module: name not in targets,
+            skip=outside_blocks(model),
         )
     return model
-
-
-def resnet18_cifar(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    droprate_init: float = 0.3,
-    structured: bool = True,
-    gated: bool = True,
-) -> ResNet:
-    """CIFAR ResNet-18: 3×3 stem, BasicBlocks [2, 2, 2, 2], for 32×32 (or 28×28) inputs.
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels (3 for CIFAR, 1 for Fashion-MNIST).
-        droprate_init: Initial drop rate of the gates.
-        structured: Output-filter gates, or one gate per weight.
-        gated: ``False`` builds the same architecture dense.
-
-    Returns:
-        The model.
-    """
-    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, stem="cifar")
-    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
-
-
-def resnet18(
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    droprate_init: float = 0.05,
-    structured: bool = True,
-    gated: bool = True,
-) -> ResNet:
-    """ImageNet ResNet-18: 7×7 stem with max pooling, BasicBlocks [2, 2, 2, 2].
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels.
-        droprate_init: Initial drop rate of the gates.
-        structured: Output-filter gates, or one gate per weight.
-        gated: ``False`` builds the same architecture dense.
-
-    Returns:
-        The model.
-    """
-    model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, stem="imagenet")
-    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)
-
-
-def resnet50(
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    droprate_init: float = 0.05,
-    structured: bool = True,
-    gated: bool = True,
-) -> ResNet:
-    """ImageNet ResNet-50: 7×7 stem with max pooling, Bottlenecks [3, 4, 6, 3].
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels.
-        droprate_init: Initial drop rate of the gates.
-        structured: Output-filter gates, or one gate per weight.
-        gated: ``False`` builds the same architecture dense.
-
-    Returns:
-        The model.
-    """
-    model = ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, stem="imagenet")
-    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)

@@ -1,9 +1,10 @@
 """Wide residual network WRN-d-k (Zagoruyko & Komodakis, 2016), WRN-28-10 by default.
 
-Pre-activation blocks ``x + conv2(dropout(relu(bn2(conv1(relu(bn1(x)))))))``. With
-``gated=True`` only ``conv1`` of each block gets structured output-filter gates (and ``bn2``
-becomes its :class:`~l0_sparsity.nn.layers.GatedBatchNorm2d`), as in Louizos et al. (2018) and
-Gallego-Posada et al. (2022): the stem, ``conv2``, the shortcuts and the classifier stay dense.
+Pre-activation blocks ``x + conv2(dropout(relu(bn2(conv1(relu(bn1(x)))))))``. Gated
+(:func:`~l0_sparsity.models.resnet.gate_blocks`, the block lists ``conv1`` as its inner conv),
+only ``conv1`` of each block gets structured output-filter gates (and ``bn2`` becomes its
+:class:`~l0_sparsity.nn.GatedBatchNorm2d`), as in Louizos et al. (2018) and Gallego-Posada et
+al. (2022): the stem, ``conv2``, the shortcuts and the classifier stay dense.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from l0_sparsity.models.resnet import gate_blocks
+from l0_sparsity.models.resnet import init_residual_weights
 
-__all__ = ["WideBasicBlock", "WideResNet", "wrn28_10"]
+__all__ = ["WideBasicBlock", "WideResNet"]
 
 
 class WideBasicBlock(nn.Module):
@@ -84,47 +85,11 @@ class WideResNet(nn.Module):
         self.block1, self.block2, self.block3 = stages
         self.bn = nn.BatchNorm2d(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_residual_weights(self)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the logits for images ``x`` of shape ``(N, C, H, W)``."""
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         x = F.relu(self.bn(x))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-def wrn28_10(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    depth: int = 28,
-    widen_factor: int = 10,
-    dropout: float = 0.0,
-    droprate_init: float = 0.3,
-    structured: bool = True,
-    gated: bool = True,
-) -> WideResNet:
-    """WRN-28-10 with output-filter gates on ``conv1`` of every block.
-
-    Args:
-        num_classes: Number of output logits.
-        in_channels: Input channels.
-        depth: Network depth (28 for the paper; smaller values give cheap variants).
-        widen_factor: Width multiplier (10 for the paper).
-        dropout: Dropout probability inside the blocks.
-        droprate_init: Initial drop rate of the gates.
-        structured: Output-filter gates, or one gate per weight.
-        gated: ``False`` builds the same architecture dense.
-
-    Returns:
-        The model.
-    """
-    model = WideResNet(depth, widen_factor, num_classes, in_channels, dropout)
-    return gate_blocks(model, gated=gated, droprate_init=droprate_init, structured=structured)

@@ -9,23 +9,24 @@ set, then hands each layer its slice. The numbers are those of the per-layer met
 random stream differs (one uniform draw covers all layers).
 
 :func:`sample_jointly` makes every training-mode forward pass of a model draw its gates this
-way. :func:`~l0_sparsity.nn.layers.sparsify` (and so every model of :mod:`l0_sparsity.models`)
-turns it on.
+way. :func:`~l0_sparsity.nn.sparsifying.sparsify` (and so every model of
+:mod:`l0_sparsity.models`) turns it on.
+
+The gate set sits downstream of the gated layers (:mod:`~l0_sparsity.nn.base`): it uses them,
+they never use it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from l0_sparsity.nn.base import GatedLayer, gated_layers
 from l0_sparsity.nn.gates import HardConcrete
-
-if TYPE_CHECKING:
-    from l0_sparsity.nn.layers import GatedLayer
 
 __all__ = ["GateSet", "JointSampling", "sample_jointly"]
 
@@ -44,8 +45,7 @@ class GateSet:
 
     Example:
         >>> import torch
-        >>> from l0_sparsity.nn.gate_set import GateSet
-        >>> from l0_sparsity.nn.layers import L0Linear
+        >>> from l0_sparsity.nn import GateSet, L0Linear
         >>> layers = [L0Linear(4, 3), L0Linear(3, 2)]
         >>> gates = GateSet(layers)
         >>> [tuple(z.shape) for z in gates.sample()]
@@ -110,7 +110,7 @@ class GateSet:
         Returns:
             A float32 (or wider) vector with one entry per layer, differentiable w.r.t. the gate
             parameters; equal to stacking the layers'
-            :meth:`~l0_sparsity.nn.layers.GatedLayer.expected_active_params`.
+            :meth:`~l0_sparsity.nn.base.GatedLayer.expected_active_params`.
         """
         active: Tensor | None = None
         for group in self._groups():
@@ -225,11 +225,9 @@ def sample_jointly(model: nn.Module, layers: Sequence[GatedLayer] | None = None)
         >>> logits = model(torch.randn(2, 1, 28, 28))
         >>> model.joint_sampling.remove()  # back to one sample per layer
     """
-    from l0_sparsity.nn.layers import gated_layers
-
     chosen = list(layers) if layers is not None else [m for _, m in gated_layers(model)]
     if not chosen:
-        raise ValueError("the model has no gated layers (see l0_sparsity.nn.layers.sparsify)")
+        raise ValueError("the model has no gated layers (see l0_sparsity.sparsify)")
     previous = getattr(model, "joint_sampling", None)
     if isinstance(previous, JointSampling):
         previous.remove()

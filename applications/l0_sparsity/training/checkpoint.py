@@ -1,21 +1,35 @@
-r"""Checkpoints that survive a crash: written atomically, validated when read.
+r"""Checkpoints that survive a crash: written atomically, validated when read, resumed exactly.
 
 A checkpoint is written to a temporary file in the same directory, flushed and ``fsync``\ ed,
 then renamed over the previous one (``os.replace`` is atomic on POSIX): a process killed while
-writing leaves the previous checkpoint intact.
+writing leaves the previous checkpoint intact. Besides the state dicts it holds the RNG states
+(:func:`rng_state`, plain Python values) and the run's configuration, whose model, data and
+constraint a resumed run must share (:func:`check_same_problem`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import re
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from l0_sparsity.training.config import MODE_FIELDS, constraint_mode
+
+if TYPE_CHECKING:
+    from l0_sparsity.training.config import TrainConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+"""The checkpoint's file name in a run's ``output_dir``."""
 
 FORMAT_VERSION = 2
 """Version 2: one primal optimizer (weights and gates as two parameter groups), a per-group
@@ -113,6 +127,94 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"this version reads {FORMAT_VERSION}."
         )
     return payload
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators with ``seed``.
+
+    Args:
+        seed: The run's seed.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators' states, as a checkpoint stores them.
+
+    NumPy's state is kept as plain Python values, so that the checkpoint loads with
+    ``weights_only=True``.
+
+    Returns:
+        ``{"python", "numpy", "torch"}`` and, where CUDA is available, ``"cuda"``.
+    """
+    name, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), position, has_gauss, cached_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global generators from :func:`rng_state`'s value.
+
+    Args:
+        state: A checkpoint's ``"rng"`` entry.
+    """
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached_gauss = state["numpy"]
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, position, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_same_problem(written: object, config: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Refuse to resume from a checkpoint of another model, dataset or constraint.
+
+    Args:
+        written: The checkpoint's ``"config"`` entry (a dictionary of the run's settings).
+        config: The settings of the run that resumes.
+        path: The checkpoint, for the message.
+
+    Raises:
+        CheckpointError: If model, dataset, gate structure, constraint mode or its value differ.
+    """
+    previous = _problem_signature(written if isinstance(written, Mapping) else {})
+    current = _problem_signature(dataclasses.asdict(config))
+    if previous != current:
+        raise CheckpointError(
+            f"{path} was written for {_describe(previous)}, not {_describe(current)}."
+        )
+
+
+def _problem_signature(settings: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a checkpoint's run and this run must share to resume: model, data and constraint."""
+    mode = constraint_mode(settings.get("penalty"), settings.get("layer_targets"))
+    field = MODE_FIELDS[mode]
+    value = settings.get(field)
+    if mode == "layer-wise":
+        value = tuple(value or ())
+    return (
+        settings.get("model"),
+        settings.get("dataset"),
+        settings.get("structured"),
+        field,
+        value,
+    )
+
+
+def _describe(signature: tuple[Any, ...]) -> str:
+    """``_problem_signature`` in words, for error messages."""
+    model, dataset, structured, mode, value = signature
+    gates = "structured" if structured else "unstructured"
+    return f"model {model!r} ({gates} gates) on {dataset!r} with {mode} {value}"
 
 
 # The start of a legacy (non-zip) ``torch.save`` file: a pickle protocol byte, then the pickled

@@ -1,12 +1,112 @@
-"""Per-epoch metrics: a CSV file, TensorBoard events, and a PNG plot of density and multipliers."""
+"""Per-epoch metrics: what is measured, and where it goes (CSV, TensorBoard, a PNG plot).
+
+:func:`epoch_metrics` turns an epoch's counts (summed over the ranks) and the problem's state
+into one row; :class:`MetricsLogger` appends it to ``metrics.csv`` and TensorBoard and plots
+the densities and multipliers.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from l0_sparsity.measures import test_density
+from l0_sparsity.nn import gated_layers
+from l0_sparsity.training import distributed
+
+if TYPE_CHECKING:
+    import conopt
+    from l0_sparsity.problem import SparsityProblem
+    from l0_sparsity.training.run import Setup
+
+
+@dataclass
+class TrainTotals:
+    """What an epoch's training steps add up on this rank.
+
+    Attributes:
+        loss_sum: Summed cross-entropy of the samples trained on.
+        correct: Their correct predictions.
+        seen: Their number.
+        skipped: Steps refused for a NaN/Inf (``on_nonfinite="skip"``).
+        report: The last step's report, ``None`` while every step was skipped.
+    """
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    skipped: int = 0
+    report: conopt.StepReport | None = None
+
+
+def epoch_metrics(
+    epoch: int, setup: Setup, totals: TrainTotals, test_counts: tuple[int, int], started: float
+) -> dict[str, Any]:
+    """One epoch's row of ``metrics.csv``; the counts are summed over the ranks first.
+
+    Args:
+        epoch: The epoch (0-based).
+        setup: The run (its problem, unwrapped model, primal optimizer and device).
+        totals: This rank's training totals.
+        test_counts: This rank's ``(correct, counted)`` test predictions.
+        started: ``time.perf_counter()`` at the epoch's start.
+
+    Returns:
+        ``epoch``, train loss and error, test error, expected and purged density, target,
+        learning rates, skipped steps, seconds, then ``density/<layer>``,
+        ``multiplier/<constraint>`` and ``max_violation`` (NaN when every step was skipped).
+    """
+    problem, model = setup.problem, setup.model
+    (primal,) = setup.optimizer.primal_optimizers
+    counts = torch.tensor(
+        [totals.loss_sum, totals.correct, totals.seen, *test_counts],
+        dtype=torch.float64,
+        device=setup.device,
+    )
+    loss_sum, correct, seen, test_correct, test_total = distributed.all_reduce_sum_(counts).tolist()
+    with torch.no_grad():
+        density, per_layer = problem.densities()
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": loss_sum / seen if seen else math.nan,
+        "train_error": 1 - correct / seen if seen else math.nan,
+        "test_error": 1 - test_correct / max(test_total, 1),
+        "expected_density": float(density),
+        "purged_density": test_density(model),
+        "target": float(problem.targets) if problem.targets.dim() == 0 else math.nan,
+        "lr": primal.param_groups[0]["lr"],
+        "gates_lr": primal.param_groups[1]["lr"],
+        "skipped_steps": totals.skipped,
+        "epoch_seconds": time.perf_counter() - started,
+    }
+    names = [name for name, _ in gated_layers(model)]
+    row.update({f"density/{name}": float(d) for name, d in zip(names, per_layer, strict=True)})
+    row.update(_multipliers(problem))
+    report = totals.report
+    row["max_violation"] = report.kkt.max_violation if report is not None else math.nan
+    return row
+
+
+def _multipliers(problem: SparsityProblem) -> dict[str, float]:
+    """``multiplier/<constraint>`` (``[i]`` per entry of a vector) for each multiplier."""
+    values: dict[str, float] = {}
+    for name, constraint in problem.named_constraints():
+        if constraint.multiplier is None:
+            continue
+        weight = constraint.multiplier.value(None).detach().reshape(-1)
+        if weight.numel() == 1:
+            values[f"multiplier/{name}"] = float(weight)
+        else:
+            for i, value in enumerate(weight.tolist()):
+                values[f"multiplier/{name}[{i}]"] = value
+    return values
 
 
 class MetricsLogger:
