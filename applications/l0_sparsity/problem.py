@@ -1,26 +1,38 @@
-r"""The sparsity problem: cross-entropy under density constraints (Gallego-Posada et al., 2022).
+r"""The sparsity problem: cross-entropy under density and compute-budget constraints.
 
 .. math::
 
     \min_{\theta,\ \log\alpha}\ \mathbb{E}_z\left[\mathrm{CE}(\theta \odot z)\right]
     + \frac{w}{2}\,\mathbb{E}\|\theta \odot z\|^2
     \quad \text{s.t.} \quad d(\log\alpha) - \epsilon \le 0,
+    \quad \frac{\mathbb{E}[\mathrm{cost}_k]}{\mathrm{dense}_k} - \tau_k \le 0,
 
-where :math:`d` is the expected density of the gated weights, model-wise (one target
-:math:`\epsilon`) or layer-wise (one target per gated layer). The penalized baseline drops the
-constraint and adds :math:`\lambda_{pen}\, d` to the loss, with a fixed :math:`\lambda_{pen}`.
+where :math:`d` is the expected density of the gated weights (Gallego-Posada et al., 2022),
+model-wise (one target :math:`\epsilon`) or layer-wise (one target per gated layer), and each
+compute budget :math:`k` (MACs, parameters of the purged model;
+:class:`~l0_sparsity.measures.ComputeCost`) bounds its expected cost as a fraction
+:math:`\tau_k` of the dense model's. The penalized baseline drops the density constraint and adds
+:math:`\lambda_{pen}\, d` to the loss, with a fixed :math:`\lambda_{pen}`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 import conopt
-from l0_sparsity.measures import expected_l2
+from l0_sparsity.measures import ComputeCost, expected_l2
 from l0_sparsity.nn import GateSet, gated_layers
+
+__all__ = ["BUDGETS", "SparsityProblem"]
+
+_MODES = {"target": "model-wise", "layer_targets": "layer-wise", "penalty": "penalized"}
+
+BUDGETS: Mapping[str, str] = {"macs": "MACs", "params": "parameters"}
+"""The compute budgets, by constraint name (keyword ``<name>_target``), and what they count."""
 
 
 def _check_target(value: float, what: str) -> float:
@@ -30,10 +42,33 @@ def _check_target(value: float, what: str) -> float:
     return value
 
 
-class SparsityProblem(conopt.ConstrainedProblem):
-    r"""Cross-entropy of a gated model under a model-wise or layer-wise density constraint.
+def _check_budget(value: float, name: str) -> float:
+    value = float(value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"{name}_target must be a fraction of the dense model's {BUDGETS[name]} in (0, 1], "
+            f"got {value}."
+        )
+    return value
 
-    Exactly one of ``target``, ``layer_targets`` or ``penalty`` selects the mode.
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """``model`` without its DDP / DataParallel or ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+class SparsityProblem(conopt.ConstrainedProblem):
+    r"""Cross-entropy of a gated model under density and compute-budget constraints.
+
+    At most one of ``target``, ``layer_targets`` or ``penalty`` selects the density mode; none
+    is needed when a compute budget (``macs_target``, ``params_target``) is given. The budgets
+    combine with each other and with any density mode.
 
     Args:
         model: A model with gated layers (see :mod:`l0_sparsity.nn`).
@@ -42,8 +77,20 @@ class SparsityProblem(conopt.ConstrainedProblem):
             :func:`~l0_sparsity.nn.base.gated_layers`, or a mapping from layer name): vector
             constraint ``layer_density``.
         penalty: The penalized baseline: adds ``penalty * density`` to the loss, no constraint.
+        macs_target: Budget on the expected MACs per example of the purged model, as a fraction
+            of the dense model's in :math:`(0, 1]`: constraint ``macs``.
+        params_target: Budget on the expected parameters of the purged model, as a fraction of
+            the dense model's: constraint ``params``.
+        example_input: An input batch, or its shape (batch dimension included), at which the
+            compute measures are built; required with a budget. Given without one, the
+            measures are built for :meth:`expected_compute` and :meth:`test_compute` only.
         weight_decay: Coefficient :math:`w` of the expected L2 norm of the gated weights, added to
             the loss (the L0 version of weight decay).
+
+    Raises:
+        ValueError: For no density mode and no budget, more than one density mode, a value out
+            of range, a budget without ``example_input``, or a budget below what the ungated
+            layers alone cost (the message gives that floor).
 
     Example:
         >>> import torch
@@ -63,22 +110,24 @@ class SparsityProblem(conopt.ConstrainedProblem):
         target: float | None = None,
         layer_targets: Sequence[float] | Mapping[str, float] | None = None,
         penalty: float | None = None,
+        macs_target: float | None = None,
+        params_target: float | None = None,
+        example_input: torch.Tensor | Sequence[int] | None = None,
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
-        chosen = [
-            k
-            for k, v in {
-                "target": target,
-                "layer_targets": layer_targets,
-                "penalty": penalty,
-            }.items()
-            if v is not None
-        ]
-        if len(chosen) != 1:
+        budgets = {
+            name: _check_budget(value, name)
+            for name, value in (("macs", macs_target), ("params", params_target))
+            if value is not None
+        }
+        modes = {"target": target, "layer_targets": layer_targets, "penalty": penalty}
+        chosen = [k for k, v in modes.items() if v is not None]
+        if len(chosen) > 1 or not (chosen or budgets):
             raise ValueError(
                 "give exactly one of target (model-wise), layer_targets (layer-wise) or "
-                f"penalty (penalized baseline); got {chosen or 'none'}."
+                "penalty (penalized baseline), or none of them with a compute budget "
+                f"(macs_target, params_target); got {chosen or 'none'}."
             )
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
@@ -100,6 +149,7 @@ class SparsityProblem(conopt.ConstrainedProblem):
         self.penalty = None if penalty is None else float(penalty)
         if self.penalty is not None and self.penalty < 0:
             raise ValueError(f"penalty must be >= 0, got {penalty}.")
+        self._mode = _MODES[chosen[0]] if chosen else "budget-only"
         self.register_buffer("targets", torch.empty(0))
         if target is not None:
             self.targets = torch.tensor(_check_target(target, "target"))
@@ -109,6 +159,10 @@ class SparsityProblem(conopt.ConstrainedProblem):
             self.layer_density = conopt.Constraint(
                 "<=", shape=len(self.layer_names), reduction=None
             )
+        self._budgets = budgets
+        self._cost = self._compute_cost(model, example_input, budgets)
+        for name in budgets:  # parameter-only constraints: the same value on every rank
+            setattr(self, name, conopt.Constraint("<=", reduction=None))
 
     def _layer_targets(self, targets: Sequence[float] | Mapping[str, float]) -> list[float]:
         names = self.layer_names
@@ -131,6 +185,39 @@ class SparsityProblem(conopt.ConstrainedProblem):
         return [
             _check_target(v, f"layer target for {n!r}") for v, n in zip(values, names, strict=True)
         ]
+
+    @staticmethod
+    def _compute_cost(
+        model: nn.Module,
+        example_input: torch.Tensor | Sequence[int] | None,
+        budgets: Mapping[str, float],
+    ) -> ComputeCost | None:
+        """The compute measures at ``example_input``, with each budget checked against its floor."""
+        if example_input is None:
+            if budgets:
+                raise ValueError(
+                    f"{', '.join(f'{name}_target' for name in budgets)} needs example_input "
+                    "(an input batch or its shape, e.g. (1, 3, 32, 32)) to measure the model's "
+                    "compute."
+                )
+            return None
+        if not isinstance(example_input, torch.Tensor):
+            example_input = tuple(int(size) for size in example_input)
+        # Measuring runs the model once: keep the run's random streams where they were.
+        with torch.random.fork_rng(devices=_cuda_devices(model)):
+            cost = ComputeCost(_unwrapped(model), example_input)
+        for name, value in budgets.items():
+            fixed, dense = getattr(cost, f"fixed_{name}"), getattr(cost, f"dense_{name}")
+            floor = fixed / dense
+            if value < floor:
+                shown = math.ceil(floor * 1e4) / 1e4
+                raise ValueError(
+                    f"{name}_target {value:g} is below the floor {shown:.4f} of the ungated "
+                    f"layers (with the one group per layer that a purge always keeps, {fixed:,} "
+                    f"of the dense model's {dense:,} {BUDGETS[name]} remain whatever the "
+                    f"gates); give a {name}_target of at least {shown:.4f}."
+                )
+        return cost
 
     @property
     def model(self) -> nn.Module:
@@ -160,21 +247,77 @@ class SparsityProblem(conopt.ConstrainedProblem):
 
     @property
     def mode(self) -> str:
-        """``"model-wise"``, ``"layer-wise"`` or ``"penalized"``."""
-        if self.penalty is not None:
-            return "penalized"
-        return "model-wise" if self.targets.dim() == 0 else "layer-wise"
+        """The density mode.
+
+        ``"model-wise"``, ``"layer-wise"``, ``"penalized"``, or ``"budget-only"`` (no density
+        term: compute budgets only).
+        """
+        return self._mode
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        """The compute budgets' targets by constraint name (``"macs"``, ``"params"``), if any."""
+        return dict(self._budgets)
+
+    @property
+    def compute_cost(self) -> ComputeCost | None:
+        """The compute measures (``None`` for a problem built without ``example_input``)."""
+        return self._cost
 
     def densities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The expected model-wise density and the vector of layer-wise densities."""
         active = self._gates.expected_active_params()
         return active.sum() / self._total, active / self._sizes
 
+    def _require_cost(self) -> ComputeCost:
+        if self._cost is None:
+            raise ValueError(
+                "this SparsityProblem was built without example_input: pass one (an input "
+                "batch or its shape) to measure the model's compute."
+            )
+        return self._cost
+
+    def expected_compute(self) -> dict[str, torch.Tensor]:
+        """The expected MACs and parameters of the purged model, as fractions of the dense model.
+
+        One evaluation of :class:`~l0_sparsity.measures.ComputeCost` for both, in full
+        precision under autocast (a constraint value stays float32).
+
+        Returns:
+            ``{"macs": ..., "params": ...}``: differentiable scalars in ``[0, 1]`` (the values
+            that the budget constraints bound).
+
+        Raises:
+            ValueError: If the problem was built without ``example_input``.
+        """
+        cost = self._require_cost()
+        with torch.autocast(self._sizes.device.type, enabled=False):
+            macs, params = cost.expected().float().unbind()
+        return {"macs": macs / cost.dense_macs, "params": params / cost.dense_params}
+
+    @torch.no_grad()
+    def test_compute(self) -> dict[str, float]:
+        """The purged model's MACs and parameters at the test-time gates, as fractions of dense.
+
+        Returns:
+            ``{"macs": ..., "params": ...}``: exact fractions of the model that
+            :func:`l0_sparsity.purge` makes now.
+
+        Raises:
+            ValueError: If the problem was built without ``example_input``.
+        """
+        cost = self._require_cost()
+        return {
+            name: getattr(cost, f"test_{name}")() / getattr(cost, f"dense_{name}")
+            for name in BUDGETS
+        }
+
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> conopt.ProblemState:
-        """Loss and density constraint on one batch.
+        """Loss, density constraint and budget constraints on one batch.
 
         ``extras`` holds ``logits``, ``cross_entropy``, ``density`` (model-wise) and
-        ``layer_densities``, all for logging.
+        ``layer_densities``, and each budget's expected fraction by name (``macs``,
+        ``params``), all for logging.
         """
         logits = self.model(inputs)
         cross_entropy = nn.functional.cross_entropy(logits.float(), targets)
@@ -185,9 +328,9 @@ class SparsityProblem(conopt.ConstrainedProblem):
         constraints: dict[conopt.Constraint, torch.Tensor] = {}
         if self.penalty is not None:
             loss = loss + self.penalty * density
-        elif self.targets.dim() == 0:
+        elif self._mode == "model-wise":
             constraints[self.density] = density - self.targets
-        else:
+        elif self._mode == "layer-wise":
             constraints[self.layer_density] = per_layer - self.targets
         extras = {
             "logits": logits.detach(),
@@ -195,4 +338,13 @@ class SparsityProblem(conopt.ConstrainedProblem):
             "density": density.detach(),
             "layer_densities": per_layer.detach(),
         }
+        fractions = self.expected_compute() if self._budgets else {}
+        for name, budget in self._budgets.items():
+            constraints[getattr(self, name)] = fractions[name] - budget
+            extras[name] = fractions[name].detach()
         return conopt.ProblemState(loss=loss, constraints=constraints, extras=extras)
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    """The CUDA devices ``model``'s parameters live on (whose generators a forward may use)."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})

@@ -190,6 +190,38 @@ def test_a_mode_flag_replaces_the_presets_mode():
     assert _config("--preset", "cifar10_wrn", "--penalty", "0.1").mode == "penalized"
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--macs-target", "1.5"], "macs_target must be a fraction of the dense model's MACs"),
+        (["--params-target", "0"], "params_target must be a fraction"),
+        (["--macs-target", "abc"], "invalid float value"),
+    ],
+    ids=["above 1", "zero", "not a number"],
+)
+def test_bad_budget_values_are_one_line_exit_2(tmp_path, capsys, flags, message):
+    line = _one_error_line(main(smoke_cli(tmp_path / "run", *flags)), capsys.readouterr().err)
+    assert message in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_budget_flags_alone_replace_the_presets_mode_and_combine_with_a_mode_flag():
+    alone = _config("--preset", "cifar10_wrn_layerwise", "--macs-target", "0.3")
+    assert alone.mode == "budget-only" and alone.budgets == {"macs": 0.3}
+    assert alone.target is None and alone.layer_targets == ()
+    both = _config("--macs-target", "0.3", "--params-target", "0.4", "--target", "0.5")
+    assert both.mode == "model-wise" and both.target == 0.5
+    assert both.budgets == {"macs": 0.3, "params": 0.4}
+    layer_wise = _config("--layer-targets", "0.4", "--params-target", "0.4")
+    assert layer_wise.mode == "layer-wise" and layer_wise.budgets == {"params": 0.4}
+
+
+def test_python_api_refuses_a_run_with_nothing_to_train_to():
+    with pytest.raises(ValueError, match="nothing to train to"):
+        SMOKE.replace(target=None).validate()
+    SMOKE.replace(target=None, params_target=0.5).validate()
+
+
 def test_python_api_refuses_layer_targets_with_a_penalty():
     with pytest.raises(ValueError, match=r"layer_targets .* and penalty .* exclude each other"):
         SMOKE.replace(layer_targets=(0.5,), penalty=0.1).validate()
@@ -243,6 +275,14 @@ def test_presets_show_layer_targets_and_penalties_as_they_are(capsys, monkeypatc
 
 
 # --------------------------------------------------------------------- 5. run feedback
+
+
+def test_presets_show_their_budgets(capsys, monkeypatch):
+    budget = get_preset("synthetic_smoke").replace(preset="budget", target=None, macs_target=0.4)
+    monkeypatch.setitem(PRESETS, "budget", budget)
+    assert main(["presets"]) == 0
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["budget"].endswith(" macs_target=0.4") and " target=" not in lines["budget"]
 
 
 def test_no_progress_keeps_the_epoch_lines(tmp_path, capsys):

@@ -110,3 +110,11 @@ def test_the_model_can_be_swapped_for_another_wrapper_of_the_same_layers(model):
     assert not any(key.startswith("model") for key in problem.state_dict())
     with pytest.raises(ValueError, match="does not hold this problem's gated layers"):
         problem.set_model(build_model("mlp"))
+
+
+def test_a_compute_budget_alone_needs_no_density_mode(model):
+    problem = SparsityProblem(model, macs_target=0.5, example_input=(1, 1, 28, 28))
+    assert problem.mode == "budget-only"
+    assert [name for name, _ in problem.named_constraints()] == ["macs"]
+    density, _ = problem.densities()  # still measured, for the logs
+    assert torch.allclose(density, expected_density(model))

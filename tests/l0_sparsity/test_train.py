@@ -286,3 +286,10 @@ def test_bad_accumulation_steps_are_refused(tmp_path, steps, message):
     config = SMOKE.replace(batch_size=64, accumulation_steps=steps, output_dir=str(tmp_path))
     with pytest.raises(ValueError, match=message):
         train(config)
+
+
+def test_a_density_run_logs_the_compute_it_misses(tmp_path):
+    final = train(SMOKE.replace(epochs=1, output_dir=str(tmp_path))).final
+    for column in ("expected_macs", "purged_macs", "expected_params", "purged_params"):
+        assert 0 < final[column] <= 1, column
+    assert not any(key.endswith("_target") or key == "multiplier/macs" for key in final)

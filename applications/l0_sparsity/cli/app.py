@@ -6,10 +6,12 @@ Subcommands:
   :class:`~l0_sparsity.training.config.TrainConfig` is a flag (``--target 0.3``, ``--epochs 10``,
   ``--layer-targets 0.2,0.3``, ``--no-dual-restarts``, ``--penalty 0.1``, ``--resume``,
   ``--overwrite``). ``--target``, ``--layer-targets`` and ``--penalty`` each choose the
-  constraint mode, replacing the preset's: at most one of them is given. An ``--output-dir``
-  that holds a run is refused unless ``--resume`` continues it or ``--overwrite`` replaces it.
-  One line is printed per epoch; the last line (``done: ...``) says when the target was missed;
-  Ctrl-C names the last saved epoch and the command that resumes the run.
+  constraint mode, replacing the preset's: at most one of them is given. The compute budgets
+  ``--macs-target`` and ``--params-target`` combine with them; given alone, they replace the
+  preset's density mode. An ``--output-dir`` that holds a run is refused unless ``--resume``
+  continues it or ``--overwrite`` replaces it. One line is printed per epoch; the last line
+  (``done: ...``) says when the target was missed and whether each budget was met, by how
+  much; Ctrl-C names the last saved epoch and the command that resumes the run.
 * ``presets``: list the presets and their settings.
 * ``demo``: the CPU demonstration: MNIST-5k MLP at target density 0.35, then the same run with a
   fixed penalty, and a table of the outcomes.
@@ -29,7 +31,7 @@ import argparse
 import sys
 import typing
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conopt.optim import NonFiniteError
 from l0_sparsity.cli.flags import (
@@ -40,6 +42,7 @@ from l0_sparsity.cli.flags import (
     resume_command,
 )
 from l0_sparsity.data import DatasetNotFoundError
+from l0_sparsity.problem import BUDGETS
 from l0_sparsity.training.checkpoint import CheckpointError, one_line
 from l0_sparsity.training.config import TrainConfig
 from l0_sparsity.training.presets import PRESETS
@@ -51,8 +54,10 @@ EXIT_TRAINING_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 TARGET_TOLERANCE = 0.01
-"""How far above its target a final expected density may be before ``done:`` calls it missed
-(one percentage point: the constrained runs end within it, e.g. 0.3525 against 0.35)."""
+"""How far above its target a final expected density, or a purged model's budgeted fraction, may
+be before ``done:`` calls it missed (one percentage point: the constrained runs end within it,
+e.g. 0.3525 against 0.35)."""
+_HINT = "more epochs (--epochs) or a larger --dual-lr may reach it"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train a gated model to a target density. Every flag overrides one setting of the "
             "preset; a flag left out keeps the preset's value (l0-sparsity presets lists "
             "them). --target, --layer-targets and --penalty each choose the constraint mode: "
-            "give at most one. An --output-dir holding a run needs --resume or --overwrite."
+            "give at most one. The compute budgets --macs-target and --params-target combine "
+            "with it; given without one, they train to the budgets alone. An --output-dir "
+            "holding a run needs --resume or --overwrite."
         ),
     )
     train.add_argument(
@@ -114,34 +121,88 @@ def _run_train(config: TrainConfig) -> None:
     print(
         f"done: test error {final['test_error']:.4f}, expected density "
         f"{final['expected_density']:.4f}, purged density {final['purged_density']:.4f}; "
-        f"files in {result.output_dir}{target_missed(result)}"
+        f"files in {result.output_dir}{target_missed(result)}{budgets_met(result)}"
     )
 
 
 def target_missed(result: TrainResult) -> str:
-    """What ``done:`` appends when the final density is above its target, else ``""``.
+    """What ``done:`` appends when the final density or a budget is above its target.
 
-    A density counts as above its target beyond :data:`TARGET_TOLERANCE`; the penalized mode
-    has no target.
+    A density counts as above its target beyond :data:`TARGET_TOLERANCE`; the penalized and
+    budget-only modes have no density target. A compute budget counts as missed when the
+    purged model's fraction (``purged_macs``, ``purged_params``) is more than
+    :data:`TARGET_TOLERANCE` above it.
 
     Args:
         result: The finished run.
 
     Returns:
         ``"; target 0.3000 missed: ..."`` (model-wise), ``"; layer targets missed in ..."``
-        (layer-wise), or ``""``.
+        (layer-wise), then ``"; MACs budget 0.3000 missed: ..."`` for each missed budget, or
+        ``""``.
     """
+    final = result.final
+    epochs = int(final["epoch"]) + 1
+    density = _density_missed(result)
+    missed = [
+        f"; {BUDGETS[name]} budget {target:.4f} missed: purged {BUDGETS[name]} {purged:.4f} "
+        f"is {purged - target:.4f} above it after {_epochs(epochs)}"
+        for name, target, purged in _budgets(final)
+        if purged - target > TARGET_TOLERANCE
+    ]
+    if missed and not density:  # the density clause already gives the hint
+        missed[-1] += f" ({_HINT})"
+    return density + "".join(missed)
+
+
+def budgets_met(result: TrainResult) -> str:
+    """What ``done:`` appends for each compute budget that was met, and by how much.
+
+    A budget counts as met when the purged model's fraction is below it or at most
+    :data:`TARGET_TOLERANCE` above it (:func:`target_missed` reports the others).
+
+    Args:
+        result: The finished run.
+
+    Returns:
+        ``"; MACs budget 0.3000 met: purged MACs 0.2950, 0.0050 below it"`` for each budget
+        met, or ``""``.
+    """
+    clauses = []
+    for name, target, purged in _budgets(result.final):
+        if purged - target > TARGET_TOLERANCE:
+            continue
+        margin = (
+            f"{target - purged:.4f} below it"
+            if purged <= target
+            else f"{purged - target:.4f} above it, within {TARGET_TOLERANCE}"
+        )
+        what = BUDGETS[name]
+        clauses.append(f"; {what} budget {target:.4f} met: purged {what} {purged:.4f}, {margin}")
+    return "".join(clauses)
+
+
+def _budgets(final: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """``(name, target, purged fraction)`` of each compute budget in a metrics row."""
+    return [
+        (name, float(final[f"{name}_target"]), float(final[f"purged_{name}"]))
+        for name in BUDGETS
+        if f"{name}_target" in final
+    ]
+
+
+def _density_missed(result: TrainResult) -> str:
+    """:func:`target_missed`'s clause for the density target(s), or ``""``."""
     final, problem = result.final, result.problem
     epochs = int(final["epoch"]) + 1
     targets = problem.targets.reshape(-1).tolist()
-    hint = "more epochs (--epochs) or a larger --dual-lr may reach it"
     if problem.mode == "model-wise":
         density, target = final["expected_density"], targets[0]
         if density - target <= TARGET_TOLERANCE:
             return ""
         return (
             f"; target {target:.4f} missed: expected density {density:.4f} is "
-            f"{density - target:.4f} above it after {_epochs(epochs)} ({hint})"
+            f"{density - target:.4f} above it after {_epochs(epochs)} ({_HINT})"
         )
     if problem.mode != "layer-wise":
         return ""
@@ -156,7 +217,7 @@ def target_missed(result: TrainResult) -> str:
     excess, name, density, target = max(over)
     return (
         f"; layer targets missed in {len(over)} of {len(layers)} layers after {_epochs(epochs)}, "
-        f"most in {name}: density {density:.4f} against {target:.4f} (+{excess:.4f}) ({hint})"
+        f"most in {name}: density {density:.4f} against {target:.4f} (+{excess:.4f}) ({_HINT})"
     )
 
 
@@ -165,14 +226,20 @@ def _epochs(count: int) -> str:
 
 
 def _mode_text(preset: TrainConfig) -> str:
-    """The preset's constraint as ``target=...``, ``layer_targets=...`` or ``penalty=...``."""
+    """The preset's constraint as ``target=...``, ``layer_targets=...`` or ``penalty=...``.
+
+    Followed by ``macs_target=...`` and ``params_target=...`` when the preset has budgets.
+    """
+    budgets = [f"{name}_target={value}" for name, value in preset.budgets.items()]
     if preset.mode == "penalized":
-        return f"penalty={preset.penalty}"
-    if preset.mode == "layer-wise":
+        density = [f"penalty={preset.penalty}"]
+    elif preset.mode == "layer-wise":
         values = ",".join(str(v) for v in preset.layer_targets)
         every = " (every gated layer)" if len(preset.layer_targets) == 1 else ""
-        return f"layer_targets={values}{every}"
-    return f"target={preset.target}"
+        density = [f"layer_targets={values}{every}"]
+    else:
+        density = [f"target={preset.target}"] if preset.mode == "model-wise" else []
+    return " ".join(density + budgets)
 
 
 def _run_presets() -> None:
@@ -250,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "budgets_met",
     "build_parser",
     "config_from_args",
     "main",

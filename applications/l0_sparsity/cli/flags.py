@@ -21,6 +21,7 @@ from l0_sparsity.data import DATASETS
 from l0_sparsity.models import MODELS
 from l0_sparsity.training.config import (
     AMP_MODES,
+    BUDGET_FIELDS,
     DEVICES,
     MODE_FIELDS,
     ON_NONFINITE,
@@ -136,7 +137,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset named by ``args.preset`` with every given flag applied.
 
     A mode flag (``--target``, ``--layer-targets``, ``--penalty``) chooses the constraint mode:
-    it clears the preset's other two, so that the flag given is the one that counts.
+    it clears the preset's other two, so that the flag given is the one that counts. Budget flags
+    (``--macs-target``, ``--params-target``) combine with a mode flag; given without one, they
+    clear the preset's density mode too: the run trains to the budgets alone.
 
     Args:
         args: The parsed ``train`` arguments.
@@ -165,6 +168,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if modes:  # the preset's other modes would take precedence over the one asked for
         cleared = {"layer_targets": (), "penalty": None}
         changes = {**{k: v for k, v in cleared.items() if k != modes[0]}, **changes}
+    elif any(changes.get(name) is not None for name in BUDGET_FIELDS.values()):
+        changes = {"target": None, "layer_targets": (), "penalty": None, **changes}
     return base.replace(**changes)
 
 

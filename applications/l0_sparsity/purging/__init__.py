@@ -21,8 +21,11 @@ outputs exact zeros of the right shape, and no zero-width tensor is ever created
 The purged model computes the gated model's **eval-mode** output (test-time gates, BatchNorm
 running statistics) up to float rounding.
 
-The modules, in the order a purge runs through them: :mod:`~l0_sparsity.purging.graph` (trace;
-which layers feed which), :mod:`~l0_sparsity.purging.plan` (what each layer keeps),
+The modules, in the order a purge runs through them: :mod:`l0_sparsity.nn.graph` (trace;
+which layers feed which),
+:mod:`l0_sparsity.nn.structure` (which gates decide each layer's widths: the analysis the compute
+measures of :mod:`l0_sparsity.measures.compute` share, so that they count exactly what the purge
+makes), :mod:`~l0_sparsity.purging.plan` (what each layer keeps at the test-time gates),
 :mod:`~l0_sparsity.purging.shrink` (the smaller plain modules),
 :mod:`~l0_sparsity.purging.rewrite` (:func:`purge` itself: swap them in, rewrite the graph);
 then :mod:`~l0_sparsity.purging.report` (parameters, FLOPs, :class:`PurgeReport`) and

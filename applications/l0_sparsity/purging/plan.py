@@ -1,11 +1,12 @@
 """The purge plan: which outputs and inputs of each layer survive, decided from the gates.
 
-:func:`plan_purge` walks the traced graph (:class:`~l0_sparsity.purging.graph.GatedGraph`):
-first the structured convolutions (the filters they keep, and the input channels their
+:func:`plan_purge` evaluates the width rules of the traced graph
+(:func:`~l0_sparsity.nn.structure.purge_structure`, the analysis the compute measures share) at
+the test-time gates: the filters each structured convolution keeps, and the input channels its
 consumers keep, or a scatter back to full width when the channels reach something whose width is
-fixed), then the structured linear layers (the columns they keep, and the rows their producer
-keeps, or a selection of the kept features). It only decides; :mod:`~l0_sparsity.purging.rewrite`
-applies the plan.
+fixed; the columns each structured linear layer keeps, and the rows its producer keeps, or a
+selection of the kept features. It only decides; :mod:`~l0_sparsity.purging.rewrite` applies the
+plan.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, fx
 
-from l0_sparsity.nn import GatedLayer, L0Conv2d, L0Linear
-from l0_sparsity.purging.graph import GatedGraph
+from l0_sparsity.nn import GatedLayer
+from l0_sparsity.nn.graph import GatedGraph
+from l0_sparsity.nn.structure import Kept, Picked, purge_structure
 
 __all__ = ["PurgePlan", "plan_purge"]
 
@@ -47,18 +49,25 @@ def plan_purge(graph: GatedGraph) -> PurgePlan:
         graph: The traced gated model.
 
     Returns:
-        The plan: convolutions are planned first, then linear layers.
+        The plan: a layer whose rule keeps everything at the test-time gates is left out.
     """
+    structure = purge_structure(graph)
     plan = PurgePlan()
-    nodes = list(graph.gm.graph.nodes)
-    for node in nodes:
-        module = graph.module(node)
-        if isinstance(module, L0Conv2d):
-            _plan_conv(graph, plan, node, module)
-    for node in nodes:
-        module = graph.module(node)
-        if isinstance(module, L0Linear):
-            _plan_linear(graph, plan, node, module)
+    for target, rule in structure.outputs.items():
+        keep = _kept_indices(graph, rule)
+        if keep is not None:
+            plan.keep_out[target] = keep
+    for node, conv in structure.scatters:
+        keep = _kept_indices(graph, Kept(conv))
+        if keep is not None:
+            plan.scatter.append((node, _scatter_index(keep, graph.modules[conv].num_gates)))
+    for target, rule in structure.inputs.items():
+        if isinstance(rule, Kept):
+            keep = _kept_indices(graph, rule)
+            if keep is not None:
+                plan.keep_in[target] = keep
+        else:
+            _plan_picked(graph, plan, target, rule)
     return plan
 
 
@@ -90,46 +99,30 @@ def _scatter_index(keep: Tensor, channels: int) -> Tensor:
     return src
 
 
-def _plan_conv(graph: GatedGraph, plan: PurgePlan, node: fx.Node, conv: L0Conv2d) -> None:
-    if not conv.structured or conv.groups != 1 or not graph.single_call(node):
-        return
-    keep = _kept(conv)
-    if keep.numel() == conv.out_channels:
-        return
-    out = graph.output_node(node, conv)
-    if out is None:
-        return
-    plan.keep_out[str(node.target)] = keep
-    users = graph.consumers(out, conv.out_channels)
-    if users is None:
-        plan.scatter.append((out, _scatter_index(keep, conv.out_channels)))
-        return
-    for user, flat in users:
-        module = graph.module(user)
-        if flat:
-            assert isinstance(module, nn.Linear | L0Linear)
-            size = module.in_features // conv.out_channels
-            offsets = torch.arange(size, device=keep.device)
-            plan.keep_in[str(user.target)] = (keep[:, None] * size + offsets).flatten()
-        else:
-            plan.keep_in[str(user.target)] = keep
+def _kept_indices(graph: GatedGraph, rule: Kept) -> Tensor | None:
+    """The entries ``rule`` keeps at the test-time gates, or ``None`` if it keeps them all."""
+    layer = graph.modules[rule.layer]
+    assert isinstance(layer, GatedLayer)
+    keep = _kept(layer)
+    if keep.numel() == layer.num_gates:
+        return None
+    if rule.repeat == 1:
+        return keep
+    offsets = torch.arange(rule.repeat, device=keep.device)
+    return (keep[:, None] * rule.repeat + offsets).flatten()
 
 
-def _plan_linear(graph: GatedGraph, plan: PurgePlan, node: fx.Node, linear: L0Linear) -> None:
-    if not linear.structured or not graph.single_call(node):
+def _plan_picked(graph: GatedGraph, plan: PurgePlan, target: str, rule: Picked) -> None:
+    """The features a structured linear layer picks among those its input still has."""
+    linear = graph.modules[rule.layer]
+    assert isinstance(linear, GatedLayer)
+    present = None if rule.within is None else _kept_indices(graph, rule.within)
+    if present is not None:
+        plan.keep_in[target] = present
+    if _kept(linear).numel() == linear.num_gates:
         return
-    keep = _kept(linear)
-    if keep.numel() == linear.in_features:
-        return
-    source = graph.producer(node, linear.in_features)
-    if source is not None and str(source.target) not in plan.keep_out:
-        plan.keep_out[str(source.target)] = keep
-        plan.keep_in[str(node.target)] = keep
-        return
-    target = str(node.target)
-    present = plan.keep_in.get(target)
     if present is None:
-        present = torch.arange(linear.in_features, device=keep.device)
+        present = torch.arange(linear.num_gates, device=linear.log_alpha.device)
     mask = linear.active_mask()[present]
     positions = mask.nonzero().flatten()
     if positions.numel() == 0:

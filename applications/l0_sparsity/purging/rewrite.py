@@ -1,6 +1,6 @@
 """:func:`purge`: trace the gated model, plan what survives, and rewrite the graph accordingly.
 
-The steps, each in its own module: trace (:mod:`~l0_sparsity.purging.graph`), plan
+The steps, each in its own module: trace (:mod:`l0_sparsity.nn.graph`), plan
 (:mod:`~l0_sparsity.purging.plan`), shrink the modules (:mod:`~l0_sparsity.purging.shrink`);
 this module swaps the shrunk modules in, inserts the scatters and selections the plan asks for,
 and recompiles the ``GraphModule``. The rules are in :mod:`l0_sparsity.purging`.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from l0_sparsity.nn import GatedBatchNorm2d
-from l0_sparsity.purging.graph import GatedGraph
+from l0_sparsity.nn.graph import GatedGraph
 from l0_sparsity.purging.plan import PurgePlan, plan_purge
 from l0_sparsity.purging.shrink import shrunk, shrunk_norm
 

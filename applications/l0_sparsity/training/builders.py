@@ -7,9 +7,11 @@ exactly as it was trained.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from l0_sparsity.data import DATASETS, DatasetInfo, build_datasets, dataset_options
 from l0_sparsity.models import build_model
@@ -17,7 +19,7 @@ from l0_sparsity.nn import gated_layers
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.training.config import TrainConfig
 
-__all__ = ["load_datasets", "make_model", "make_problem"]
+__all__ = ["example_batch", "load_datasets", "make_model", "make_problem"]
 
 
 def load_datasets(config: TrainConfig) -> tuple[Any, Any, DatasetInfo]:
@@ -68,26 +70,55 @@ def make_model(config: TrainConfig, info: DatasetInfo) -> nn.Module:
     )
 
 
-def make_problem(config: TrainConfig, model: nn.Module) -> SparsityProblem:
-    """The sparsity problem of ``model`` in the constraint mode of ``config``.
+def make_problem(
+    config: TrainConfig, model: nn.Module, example_input: Tensor | Sequence[int] | None = None
+) -> SparsityProblem:
+    """The sparsity problem of ``model`` in the constraint mode of ``config``, with its budgets.
 
     Model-wise: expected density at most ``config.target``; layer-wise: one constraint per gated
     layer (a single value of ``config.layer_targets`` applies to every layer); penalized: no
-    constraint, ``config.penalty`` times the density added to the loss.
+    constraint, ``config.penalty`` times the density added to the loss; budget-only: no density
+    term. Each compute budget (``macs_target``, ``params_target``) adds its constraint.
 
     Args:
-        config: The run's settings (:attr:`~TrainConfig.mode` and its value, ``weight_decay``).
+        config: The run's settings (:attr:`~TrainConfig.mode` and its value, the budgets,
+            ``weight_decay``).
         model: The gated model (or its DDP / compiled wrapper, which the forward pass uses).
+        example_input: An input batch or its shape (:func:`example_batch`), at which the
+            compute measures are built; required with a budget.
 
     Returns:
         The problem.
+
+    Raises:
+        ValueError: For a budget without ``example_input``, or below what the model's ungated
+            layers cost.
     """
-    decay = config.weight_decay
+    options: dict[str, Any] = {
+        "weight_decay": config.weight_decay,
+        "example_input": example_input,
+        **{f"{name}_target": value for name, value in config.budgets.items()},
+    }
     if config.mode == "penalized":
-        return SparsityProblem(model, penalty=config.penalty, weight_decay=decay)
+        return SparsityProblem(model, penalty=config.penalty, **options)
     if config.mode == "layer-wise":
         targets = list(config.layer_targets)
         if len(targets) == 1:
             targets = targets * len(gated_layers(model))
-        return SparsityProblem(model, layer_targets=targets, weight_decay=decay)
-    return SparsityProblem(model, target=config.target, weight_decay=decay)
+        return SparsityProblem(model, layer_targets=targets, **options)
+    if config.mode == "budget-only":
+        return SparsityProblem(model, **options)
+    return SparsityProblem(model, target=config.target, **options)
+
+
+def example_batch(info: DatasetInfo, device: torch.device | str = "cpu") -> Tensor:
+    """One input of the dataset's shape (zeros, batch of 1), for the compute measures.
+
+    Args:
+        info: The dataset's description (channels and image size).
+        device: Where the model is.
+
+    Returns:
+        A ``(1, C, H, W)`` tensor.
+    """
+    return torch.zeros(1, *info.input_shape, device=device)

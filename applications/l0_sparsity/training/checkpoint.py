@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from l0_sparsity.training.config import MODE_FIELDS, constraint_mode
+from l0_sparsity.training.config import BUDGET_FIELDS, MODE_FIELDS, constraint_mode
 
 if TYPE_CHECKING:
     from l0_sparsity.training.config import TrainConfig
@@ -184,7 +184,8 @@ def check_same_problem(written: object, config: TrainConfig, path: str | os.Path
         path: The checkpoint, for the message.
 
     Raises:
-        CheckpointError: If model, dataset, gate structure, constraint mode or its value differ.
+        CheckpointError: If model, dataset, gate structure, constraint mode or its value, or
+            the compute budgets differ.
     """
     previous = _problem_signature(written if isinstance(written, Mapping) else {})
     current = _problem_signature(dataclasses.asdict(config))
@@ -195,26 +196,37 @@ def check_same_problem(written: object, config: TrainConfig, path: str | os.Path
 
 
 def _problem_signature(settings: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a checkpoint's run and this run must share to resume: model, data and constraint."""
-    mode = constraint_mode(settings.get("penalty"), settings.get("layer_targets"))
-    field = MODE_FIELDS[mode]
-    value = settings.get(field)
+    """What a checkpoint's run and this run must share to resume: model, data, constraints.
+
+    The constraints are the density mode's field and value, then ``(field, value)`` for each
+    compute budget that is set (a checkpoint written before budgets existed has none).
+    """
+    mode = constraint_mode(
+        settings.get("penalty"), settings.get("layer_targets"), settings.get("target")
+    )
+    field = MODE_FIELDS.get(mode)
+    value = settings.get(field) if field is not None else None
     if mode == "layer-wise":
         value = tuple(value or ())
+    budgets = tuple(
+        (name, settings[name]) for name in BUDGET_FIELDS.values() if settings.get(name) is not None
+    )
     return (
         settings.get("model"),
         settings.get("dataset"),
         settings.get("structured"),
         field,
         value,
+        budgets,
     )
 
 
 def _describe(signature: tuple[Any, ...]) -> str:
     """``_problem_signature`` in words, for error messages."""
-    model, dataset, structured, mode, value = signature
+    model, dataset, structured, mode, value, budgets = signature
     gates = "structured" if structured else "unstructured"
-    return f"model {model!r} ({gates} gates) on {dataset!r} with {mode} {value}"
+    terms = ([f"{mode} {value}"] if mode is not None else []) + [f"{n} {v}" for n, v in budgets]
+    return f"model {model!r} ({gates} gates) on {dataset!r} with {' and '.join(terms)}"
 
 
 # The start of a legacy (non-zip) ``torch.save`` file: a pickle protocol byte, then the pickled

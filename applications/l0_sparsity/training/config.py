@@ -29,21 +29,30 @@ MODE_FIELDS: Mapping[str, str] = {
     "layer-wise": "layer_targets",
     "penalized": "penalty",
 }
-"""The field that holds each constraint mode's value, by mode (:attr:`TrainConfig.mode`)."""
+"""The field that holds each constraint mode's value, by mode (:attr:`TrainConfig.mode`).
+
+The fourth mode, ``"budget-only"``, has no density term and no field: only compute budgets
+(:data:`BUDGET_FIELDS`) constrain the run."""
+BUDGET_FIELDS: Mapping[str, str] = {"macs": "macs_target", "params": "params_target"}
+"""The field that holds each compute budget's target, by the budget's constraint name."""
 
 
-def constraint_mode(penalty: float | None, layer_targets: tuple[float, ...] | None) -> str:
-    """The constraint mode of a run: ``"penalized"``, ``"layer-wise"`` or ``"model-wise"``.
+def constraint_mode(
+    penalty: float | None, layer_targets: tuple[float, ...] | None, target: float | None = None
+) -> str:
+    """The density mode of a run: a key of :data:`MODE_FIELDS`, or ``"budget-only"``.
 
     A penalty makes the penalized baseline, otherwise layer targets make layer-wise
-    constraints, otherwise the model-wise ``target`` counts.
+    constraints, otherwise a model-wise ``target`` counts; without any of them only the
+    compute budgets constrain the run.
 
     Args:
         penalty: :attr:`TrainConfig.penalty` (``None``: unset).
         layer_targets: :attr:`TrainConfig.layer_targets` (empty or ``None``: unset).
+        target: :attr:`TrainConfig.target` (``None``: unset).
 
     Returns:
-        The mode, a key of :data:`MODE_FIELDS`.
+        ``"penalized"``, ``"layer-wise"``, ``"model-wise"`` or ``"budget-only"``.
 
     Example:
         >>> from l0_sparsity.training.config import constraint_mode
@@ -52,7 +61,9 @@ def constraint_mode(penalty: float | None, layer_targets: tuple[float, ...] | No
     """
     if penalty is not None:
         return "penalized"
-    return "layer-wise" if layer_targets else "model-wise"
+    if layer_targets:
+        return "layer-wise"
+    return "model-wise" if target is not None else "budget-only"
 
 
 @dataclass(frozen=True)
@@ -78,12 +89,22 @@ class TrainConfig:
         droprate_init: Initial drop rate of the gates.
         structured: Structured (neuron/filter) gates; otherwise one gate per weight.
         target: Model-wise target density, used when ``layer_targets`` and ``penalty`` are
-            unset. On the command line ``--target``, ``--layer-targets`` and ``--penalty``
-            each choose their mode (clearing the preset's other two), and at most one is given.
+            unset. ``None`` with neither leaves only the compute budgets (on the command line:
+            a budget flag without a mode flag). On the command line ``--target``,
+            ``--layer-targets`` and ``--penalty`` each choose their mode (clearing the preset's
+            other two), and at most one is given.
         layer_targets: Per-layer target densities (layer-wise mode; one value applies to every
             gated layer), or empty. Excludes ``penalty``.
         penalty: Penalized baseline coefficient (no constraint) when set. Excludes
             ``layer_targets``.
+        macs_target: Budget on the purged model's MACs per example, as a fraction of the dense
+            model's (a constraint on their expectation over the gates). It combines with the
+            density mode and with ``params_target``; on the command line a budget flag given
+            without ``--target``, ``--layer-targets`` or ``--penalty`` trains to the budgets
+            alone (the preset's density mode is cleared).
+        params_target: Budget on the purged model's parameters, as a fraction of the dense
+            model's (a constraint on their expectation over the gates). It combines like
+            ``macs_target``.
         dual_restarts: Reset multipliers of satisfied constraints (Gallego-Posada et al., 2022).
         seed: Seed of initialization, data order and gate noise.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
@@ -133,9 +154,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     droprate_init: float = 0.5
     structured: bool = True
-    target: float = 0.35
+    target: float | None = 0.35
     layer_targets: tuple[float, ...] = ()
     penalty: float | None = None
+    macs_target: float | None = None
+    params_target: float | None = None
     dual_restarts: bool = True
     seed: int = 0
     device: str = "auto"
@@ -172,8 +195,20 @@ class TrainConfig:
 
     @property
     def mode(self) -> str:
-        """``"penalized"``, ``"layer-wise"`` or ``"model-wise"`` (:func:`constraint_mode`)."""
-        return constraint_mode(self.penalty, self.layer_targets)
+        """``"penalized"``, ``"layer-wise"``, ``"model-wise"`` or ``"budget-only"``.
+
+        (:func:`constraint_mode`; the compute budgets, :attr:`budgets`, combine with any.)
+        """
+        return constraint_mode(self.penalty, self.layer_targets, self.target)
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        """The compute budgets that are set, by constraint name (``{"macs": 0.4}``)."""
+        return {
+            name: value
+            for name, field in BUDGET_FIELDS.items()
+            if (value := getattr(self, field)) is not None
+        }
 
     def validate(self) -> None:
         """Reject inconsistent settings with one clear message each.
@@ -199,7 +234,10 @@ def _checks(config: TrainConfig) -> list[tuple[bool, str]]:
             config.lr > 0 and config.gates_lr > 0 and config.dual_lr > 0,
             "learning rates must be > 0",
         ),
-        (0 < config.target <= 1, f"target must be a density in (0, 1], got {config.target}"),
+        (
+            config.target is None or 0 < config.target <= 1,
+            f"target must be a density in (0, 1], got {config.target}",
+        ),
         (
             all(0 < t <= 1 for t in config.layer_targets),
             f"layer_targets must be in (0, 1], got {config.layer_targets}",
@@ -213,6 +251,7 @@ def _checks(config: TrainConfig) -> list[tuple[bool, str]]:
             f"layer_targets {config.layer_targets} and penalty {config.penalty} exclude each "
             "other (layer-wise constraints or the penalized baseline); set one of them",
         ),
+        *_budget_checks(config),
         (
             0 < config.droprate_init < 1,
             f"droprate_init must be in (0, 1), got {config.droprate_init}",
@@ -250,6 +289,26 @@ def _checks(config: TrainConfig) -> list[tuple[bool, str]]:
             "the run in output_dir, overwrite replaces it",
         ),
     ]
+
+
+def _budget_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """The compute budgets' ranges, and that the run has a constraint or a penalty at all."""
+    checks = [
+        (
+            value is None or 0 < value <= 1,
+            f"{field} must be a fraction of the dense model's {what} in (0, 1], got {value}",
+        )
+        for field, what in (("macs_target", "MACs"), ("params_target", "parameters"))
+        for value in [getattr(config, field)]
+    ]
+    checks.append(
+        (
+            config.mode != "budget-only" or bool(config.budgets),
+            "nothing to train to: give a target density (target or layer_targets), a penalty "
+            "or a compute budget (macs_target, params_target)",
+        )
+    )
+    return checks
 
 
 def _names(values: tuple[str, ...]) -> str:

@@ -60,8 +60,10 @@ def epoch_metrics(
 
     Returns:
         ``epoch``, train loss and error, test error, expected and purged density, target,
-        learning rates, skipped steps, seconds, then ``density/<layer>``,
-        ``multiplier/<constraint>`` and ``max_violation`` (NaN when every step was skipped).
+        expected and purged MACs and parameters (fractions of the dense model's), each
+        budget's target (``macs_target``, ``params_target``, when set), learning rates,
+        skipped steps, seconds, then ``density/<layer>``, ``multiplier/<constraint>`` and
+        ``max_violation`` (NaN when every step was skipped).
     """
     problem, model = setup.problem, setup.model
     (primal,) = setup.optimizer.primal_optimizers
@@ -81,6 +83,7 @@ def epoch_metrics(
         "expected_density": float(density),
         "purged_density": test_density(model),
         "target": float(problem.targets) if problem.targets.dim() == 0 else math.nan,
+        **compute_metrics(problem),
         "lr": primal.param_groups[0]["lr"],
         "gates_lr": primal.param_groups[1]["lr"],
         "skipped_steps": totals.skipped,
@@ -91,6 +94,28 @@ def epoch_metrics(
     row.update(_multipliers(problem))
     report = totals.report
     row["max_violation"] = report.kkt.max_violation if report is not None else math.nan
+    return row
+
+
+def compute_metrics(problem: SparsityProblem) -> dict[str, float]:
+    """The compute columns of a metrics row: expected and purged MACs and parameters.
+
+    Args:
+        problem: The run's problem (built with an example input).
+
+    Returns:
+        ``expected_macs``, ``purged_macs``, ``expected_params``, ``purged_params`` (fractions
+        of the dense model's; the purged ones at the test-time gates, as the purged model has
+        them), then ``<budget>_target`` for each budget the problem constrains.
+    """
+    with torch.no_grad():
+        expected = problem.expected_compute()
+    purged = problem.test_compute()
+    row: dict[str, float] = {}
+    for name in ("macs", "params"):
+        row[f"expected_{name}"] = float(expected[name])
+        row[f"purged_{name}"] = purged[name]
+    row.update({f"{name}_target": value for name, value in problem.budgets.items()})
     return row
 
 
@@ -142,24 +167,32 @@ class MetricsLogger:
 
             self.writer = SummaryWriter(log_dir=str(self.directory / "tensorboard"))
 
+    def _columns(self) -> list[str]:
+        """Every column of the rows, in the order they first appear."""
+        return list(dict.fromkeys(key for row in self.rows for key in row))
+
     def _rewrite(self) -> None:
         if not self.rows:
             self.path.unlink(missing_ok=True)
             return
         with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(self.rows[0]))
+            writer = csv.DictWriter(handle, fieldnames=self._columns())
             writer.writeheader()
             writer.writerows(self.rows)
 
     def log(self, row: dict[str, Any]) -> None:
-        """Record one epoch's metrics (``row["epoch"]`` is the step for TensorBoard)."""
+        """Record one epoch's metrics (``row["epoch"]`` is the step for TensorBoard).
+
+        A row with a column the file lacks (a run resumed from a version that did not log it)
+        rewrites the file with the wider header; the older rows leave that column empty.
+        """
+        new_columns = not set(row) <= set(self._columns())
         self.rows.append(row)
-        new_file = not self.path.exists()
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(self.rows[0]))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        if new_columns or not self.path.exists():
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self._columns()).writerow(row)
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, int | float):
@@ -172,9 +205,11 @@ class MetricsLogger:
             self.writer.close()
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Path | None:
-        """Save a PNG of the densities and multipliers over the epochs; returns its path.
+        """Save a PNG of the densities, compute and multipliers over the epochs.
 
-        The trainer calls it after every epoch, so that ``training.png`` follows the run.
+        The trainer calls it after every epoch, so that ``training.png`` follows the run. The
+        middle panel shows the expected and purged MACs and parameters (fractions of the dense
+        model's) against the budgets' targets.
 
         Args:
             path: Where to save it (default: ``training.png`` in the run's directory).
@@ -190,18 +225,20 @@ class MetricsLogger:
         import matplotlib.pyplot as plt
 
         epochs = [row["epoch"] + 1 for row in self.rows]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for key in self.rows[0]:
+        figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 3.6))
+        for key in self._columns():
+            values = [_float(row.get(key)) for row in self.rows]
             if key.startswith("density/") or key in ("expected_density", "purged_density"):
-                left.plot(epochs, [row[key] for row in self.rows], label=key)
+                left.plot(epochs, values, label=key)
             if key.startswith("multiplier"):
-                right.plot(epochs, [row[key] for row in self.rows], label=key)
+                right.plot(epochs, values, label=key)
         target = self.rows[0].get("target")
         if isinstance(target, float) and math.isfinite(target):  # NaN: layer-wise targets
             left.axhline(target, color="black", linestyle="--", linewidth=1, label="target")
+        self._plot_compute(middle, epochs)
         left.set(xlabel="epoch", ylabel="density", title="Density")
         right.set(xlabel="epoch", ylabel="multiplier", title="Multipliers")
-        for axis in (left, right):
+        for axis in (left, middle, right):
             handles, _ = axis.get_legend_handles_labels()
             if handles and len(handles) <= 12:
                 axis.legend(fontsize=7)
@@ -210,6 +247,26 @@ class MetricsLogger:
         figure.savefig(out, dpi=120)
         plt.close(figure)
         return out
+
+    def _plot_compute(self, axis: Any, epochs: list[int]) -> None:
+        """Expected and purged MACs and parameters, each budget's target dashed in its colour."""
+        for name, colour in (("macs", "tab:blue"), ("params", "tab:orange")):
+            for kind, style in (("expected", "-"), ("purged", ":")):
+                key = f"{kind}_{name}"
+                values = [_float(row.get(key)) for row in self.rows]
+                if any(math.isfinite(v) for v in values):
+                    axis.plot(epochs, values, style, color=colour, label=key)
+            budget = _float(self.rows[-1].get(f"{name}_target"))
+            if math.isfinite(budget):
+                axis.axhline(
+                    budget, color=colour, linestyle="--", linewidth=1, label=f"{name}_target"
+                )
+        axis.set(xlabel="epoch", ylabel="fraction of dense", title="Compute")
+
+
+def _float(value: Any) -> float:
+    """A logged value as a float; NaN for an empty cell or a missing column."""
+    return float(value) if isinstance(value, int | float) else math.nan
 
 
 def _number(text: str) -> Any:

@@ -33,7 +33,12 @@ from torch import nn
 
 from l0_sparsity.data import DatasetInfo, make_loader
 from l0_sparsity.training import distributed
-from l0_sparsity.training.builders import load_datasets, make_model, make_problem
+from l0_sparsity.training.builders import (
+    example_batch,
+    load_datasets,
+    make_model,
+    make_problem,
+)
 from l0_sparsity.training.calibration import recalibrate_batchnorm
 from l0_sparsity.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -116,7 +121,8 @@ def build(config: TrainConfig, info: DatasetInfo, context: distributed.Distribut
         The setup.
 
     Raises:
-        ValueError: For ``amp="fp16"`` off CUDA, or an unknown model.
+        ValueError: For ``amp="fp16"`` off CUDA, an unknown model, or a compute budget below
+            what the model's ungated layers cost.
     """
     device = context.device
     dtype = amp_dtype(config.amp, device)
@@ -130,7 +136,7 @@ def build(config: TrainConfig, info: DatasetInfo, context: distributed.Distribut
         )
     if config.compile:
         forward_model = torch.compile(forward_model)  # type: ignore[assignment]
-    problem = make_problem(config, forward_model).to(device)
+    problem = make_problem(config, forward_model, example_batch(info, device)).to(device)
     optimizer = make_constrained_optimizer(config, model, problem)
     scheduler = make_scheduler(config, optimizer.primal_optimizers[0])
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None

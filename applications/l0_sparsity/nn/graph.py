@@ -1,10 +1,12 @@
-"""The traced graph of a gated model, read for purging: which layers feed which, channel by channel.
+"""The traced graph of a gated model: which layers feed which, channel by channel.
 
 :class:`GatedGraph` traces an eval-mode copy of the model with torch.fx (gated modules as
-leaves) and answers the questions the purge plan asks of it: which node carries a conv's gated
-channels, which layers read them through ops that keep zeros at zero (the *consumers*, that can
-lose those input channels), and which linear layer produces a gated linear layer's input (the
-*producer*, that can lose those output rows).
+leaves) and answers the questions that deciding a purge asks of it: which node carries a conv's
+gated channels, which layers read them through ops that keep zeros at zero (the *consumers*, that
+can lose those input channels), and which linear layer produces a gated linear layer's input (the
+*producer*, that can lose those output rows). :mod:`~l0_sparsity.nn.structure` reads these answers
+into the rules that both the purge (:mod:`l0_sparsity.purging`) and the compute measures
+(:mod:`l0_sparsity.measures.compute`) follow.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from l0_sparsity.nn import GatedBatchNorm2d, GateLeafTracer, L0Conv2d, L0Linear
+from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
+from l0_sparsity.nn.conv import L0Conv2d
+from l0_sparsity.nn.linear import L0Linear
+from l0_sparsity.nn.sparsifying import GateLeafTracer
 
 __all__ = ["GatedGraph"]
 
@@ -144,8 +149,9 @@ class GatedGraph:
             graph = tracer.trace(model)
         except Exception as exc:
             raise ValueError(
-                "purge needs a model that torch.fx can trace symbolically "
-                "(no data-dependent control flow in forward)"
+                f"{type(model).__name__} does not trace with torch.fx, which purging and the "
+                "compute measures need (no data-dependent control flow in forward): "
+                f"{exc}"
             ) from exc
         _make_picklable(graph)
         self.gm = fx.GraphModule(model, graph, type(model).__name__ + "Purged")

@@ -1,8 +1,7 @@
-"""What the gates cost: the measures that budgets constrain and reports print.
+"""Density measures: the fraction of gated weights the gates keep.
 
-One implementation per measure, used by the problem (:mod:`l0_sparsity.problem`), the trainer's
-logs and the reports: expected density (model-wise and per layer), the deterministic test-time
-density, and the expected L2 norm of the gated weights (the paper's weight decay).
+Expected density (model-wise and per layer, differentiable in the gates), the deterministic
+test-time density, and the expected L2 norm of the gated weights (the paper's weight decay).
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ test_density.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 def expected_l2(model: nn.Module) -> Tensor:
-    """Sum of :meth:`GatedLayer.expected_l2` over the gated layers (0 if there are none).
+    """Sum of :meth:`~l0_sparsity.nn.GatedLayer.expected_l2` over the gated layers (0 if none).
 
     Args:
         model: Any module.
