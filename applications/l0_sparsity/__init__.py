@@ -19,7 +19,7 @@ command line :mod:`l0_sparsity.cli`.
 """
 
 from l0_sparsity import _moved_modules
-from l0_sparsity.measures import expected_density, test_density
+from l0_sparsity.measures import ComputeCost, expected_density, test_density
 from l0_sparsity.nn import (
     GatedBatchNorm2d,
     GateSet,
@@ -36,6 +36,7 @@ from l0_sparsity.training import TrainConfig, TrainResult, get_preset, train
 __version__ = "0.1.0"
 
 __all__ = [
+    "ComputeCost",
     "GateSet",
     "GatedBatchNorm2d",
     "HardConcrete",

@@ -11,7 +11,15 @@ from l0_sparsity import _moved_modules
 
 
 def test_the_top_level_gives_the_common_path():
-    for name in ("sparsify", "SparsityProblem", "purge", "export", "train", "TrainConfig"):
+    for name in (
+        "sparsify",
+        "SparsityProblem",
+        "ComputeCost",
+        "purge",
+        "export",
+        "train",
+        "TrainConfig",
+    ):
         assert name in l0.__all__
         assert getattr(l0, name) is not None
     assert callable(l0.purge) and callable(l0.train)
