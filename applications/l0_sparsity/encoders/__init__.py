@@ -1,0 +1,21 @@
+"""Sentence encoders: the pretrained MiniLM, mean pooling, and agreement with a teacher.
+
+* :mod:`~l0_sparsity.encoders.minilm`: the all-MiniLM-L6-v2 encoder and its tokenizer, offline.
+* :mod:`~l0_sparsity.encoders.pooling`: :class:`SentenceEncoder`, a model that maps token ids
+  and an attention mask to mean-pooled sentence embeddings.
+* :mod:`~l0_sparsity.encoders.agreement`: how close a student's embeddings are to a teacher's
+  (mean cosine similarity, nearest-neighbour agreement).
+"""
+
+from l0_sparsity.encoders.agreement import EmbeddingAgreement, embedding_agreement
+from l0_sparsity.encoders.minilm import load_minilm, minilm_path
+from l0_sparsity.encoders.pooling import SentenceEncoder, mean_pool
+
+__all__ = [
+    "EmbeddingAgreement",
+    "SentenceEncoder",
+    "embedding_agreement",
+    "load_minilm",
+    "mean_pool",
+    "minilm_path",
+]

@@ -1,0 +1,65 @@
+"""Mean pooling of token embeddings into sentence embeddings, as the MiniLM model card does."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SentenceEncoder", "mean_pool"]
+
+
+def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    """The mean of the token embeddings over the real (unpadded) tokens of each sentence.
+
+    Args:
+        token_embeddings: ``(batch, tokens, hidden)``.
+        attention_mask: ``(batch, tokens)``, 1 for real tokens and 0 for padding.
+
+    Returns:
+        ``(batch, hidden)`` sentence embeddings.
+
+    Raises:
+        ValueError: If the shapes do not match.
+    """
+    if attention_mask.shape != token_embeddings.shape[:2]:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+            f"{tuple(token_embeddings.shape[:2])} (batch, tokens) of the token embeddings."
+        )
+    weights = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    return (token_embeddings * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+class SentenceEncoder(nn.Module):
+    """A transformer encoder followed by mean pooling: token ids to sentence embeddings.
+
+    The encoder is any module called as ``encoder(input_ids=..., attention_mask=...)`` that
+    returns the token embeddings, either as a tensor or as an object (or mapping) with a
+    ``last_hidden_state`` (a Hugging Face ``BertModel``, for example). Embeddings are not
+    normalized (compare them with cosine similarity).
+
+    Args:
+        encoder: The transformer encoder.
+
+    Example:
+        >>> import torch
+        >>> class Toy(torch.nn.Module):
+        ...     def forward(self, input_ids, attention_mask):
+        ...         return torch.nn.functional.one_hot(input_ids, 4).float()
+        >>> ids = torch.tensor([[1, 2, 0]])
+        >>> SentenceEncoder(Toy())(ids, torch.tensor([[1, 1, 0]]))
+        tensor([[0.0000, 0.5000, 0.5000, 0.0000]])
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Sentence embeddings ``(batch, hidden)`` of a tokenized batch."""
+        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if isinstance(output, dict):
+            output = output["last_hidden_state"]
+        elif not isinstance(output, torch.Tensor):
+            output = output.last_hidden_state
+        return mean_pool(output, attention_mask)
