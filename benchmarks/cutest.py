@@ -24,7 +24,9 @@ solver is reported as unavailable.
 ``[LO SOLTN suspect]``, and ``--corrected-f-star`` judges them against the corrected values.
 
 The timeout applies to each solver on each problem: the next function evaluation after it raises,
-and the run is reported as ``timeout``. Exceptions are caught per problem and solver.
+and the run is reported as ``timeout``. Exceptions are caught per problem and solver. After the
+summary lines, every unsolved run is listed with its reason (the table of
+:mod:`benchmarks.cutest_report`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import argparse
 import csv
 import json
 import math
-import statistics
 import sys
 import time
 import warnings
@@ -48,9 +49,17 @@ try:
 except ModuleNotFoundError:  # Run as ``python benchmarks/cutest.py``: add the repository root.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks import s2mpj_problems as sp
+from benchmarks.cutest_report import (
+    format_header,
+    format_row,
+    format_summary,
+    format_time,
+    format_unsolved,
+    summarize,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
 SOLVERS: tuple[str, ...] = ("conopt", "slsqp", "trust-constr")
 """The solvers the harness knows, in display order."""
@@ -80,6 +89,8 @@ class SolverRun:
         nit: Iterations reported by the solver (-1 when unknown).
         nfev: Objective evaluations (value or value+gradient calls to S2MPJ).
         time_s: Wall time of the solver call, in seconds.
+        cpu_s: CPU time of this process during the call, in seconds (robust to other load on a
+            shared machine: every solver runs on one thread).
         solved: Whether the run meets the accuracy criteria.
         reason: Why it is not solved (empty when solved).
         message: The solver's own status message, or the error text.
@@ -97,6 +108,7 @@ class SolverRun:
     nit: int = -1
     nfev: int = 0
     time_s: float = math.nan
+    cpu_s: float = math.nan
     solved: bool = False
     reason: str = ""
     message: str = ""
@@ -288,7 +300,7 @@ def run_solver(
         run.error = "unavailable (conopt.solve not importable)"
         return assess(problem, run)
     problem.reset_counters()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     problem.deadline = None if timeout is None else start + timeout
     x: np.ndarray | None = None
     try:
@@ -306,6 +318,7 @@ def run_solver(
         run.error = "timeout" if timed_out else f"error: {run.message[:80]}"
     finally:
         run.time_s = time.perf_counter() - start
+        run.cpu_s = time.process_time() - cpu_start
         problem.deadline = None
     run.nfev = problem.nfev + problem.ngev
     if x is not None:
@@ -319,97 +332,6 @@ def run_solver(
             run.f, run.max_violation = math.nan, math.inf
             run.message += f" [evaluation at the result failed: {type(exc).__name__}]"
     return assess(problem, run)
-
-
-# --------------------------------------------------------------------------------------------
-# Reporting.
-# --------------------------------------------------------------------------------------------
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "-"
-    return f"{seconds * 1e3:.1f}ms" if seconds < 1 else f"{seconds:.2f}s"
-
-
-def _fmt_f(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.8g}"
-
-
-_SOLVER_WIDTH = 44
-_SHORT = {"conopt": "conopt", "slsqp": "slsqp", "trust-constr": "tc"}
-
-
-def format_header(solvers: Sequence[str]) -> str:
-    """The two header lines of the results table."""
-    left = f"{'problem':<9} {'n':>3} {'meq/min':>7} {'f*':>15}"
-    top = " " * len(left) + "".join(f" | {s:<{_SOLVER_WIDTH - 3}}" for s in solvers)
-    cols = "".join(f" | {'f':>14} {'viol':>7} {'it':>5} {'time':>8} {'ok':>3}" for _ in solvers)
-    return f"{top}\n{left}{cols} | notes"
-
-
-def format_row(problem: sp.S2MPJProblem, runs: Sequence[SolverRun]) -> str:
-    """One table row: the problem, then f, violation, iterations, time, solved per solver."""
-    m = f"{problem.m_eq}/{problem.m_in}"
-    text = f"{problem.name:<9} {problem.n:>3} {m:>7} {_fmt_f(problem.f_star):>15}"
-    notes = []
-    for run in runs:
-        viol = f"{run.max_violation:.0e}" if math.isfinite(run.max_violation) else "-"
-        it = str(run.nit) if run.nit >= 0 else "-"
-        ok = "yes" if run.solved else "no"
-        text += f" | {_fmt_f(run.f):>14} {viol:>7} {it:>5} {_fmt_time(run.time_s):>8} {ok:>3}"
-        if not run.solved:
-            notes.append(f"{_SHORT.get(run.solver, run.solver)}: {run.reason}")
-    if problem.f_star_note and problem.f_star == problem.f_star_lo_soltn:
-        notes.insert(0, "[LO SOLTN suspect]")
-    return text + " | " + "; ".join(notes)
-
-
-def summarize(runs: Iterable[SolverRun], solvers: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per solver: solved count, total, median wall time, median time ratio vs SLSQP.
-
-    Times are over runs that finished without an error; the ratio is the median over problems
-    where both the solver and SLSQP finished without an error.
-    """
-    by_solver: dict[str, dict[str, SolverRun]] = {s: {} for s in solvers}
-    for run in runs:
-        by_solver.setdefault(run.solver, {})[run.problem] = run
-    slsqp = by_solver.get("slsqp", {})
-    summary: dict[str, dict[str, Any]] = {}
-    for solver in solvers:
-        mine = by_solver.get(solver, {})
-        finished = [r for r in mine.values() if r.error is None]
-        ratios = [
-            r.time_s / slsqp[name].time_s
-            for name, r in mine.items()
-            if r.error is None
-            and name in slsqp
-            and slsqp[name].error is None
-            and slsqp[name].time_s > 0
-        ]
-        summary[solver] = {
-            "solved": sum(r.solved for r in mine.values()),
-            "total": len(mine),
-            "errors": len(mine) - len(finished),
-            "median_time_s": statistics.median(r.time_s for r in finished) if finished else None,
-            "median_ratio_vs_slsqp": statistics.median(ratios) if ratios else None,
-        }
-    return summary
-
-
-def format_summary(summary: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per solver: solved/total, median time, median time ratio vs SLSQP."""
-    lines = []
-    for solver, s in summary.items():
-        t = s["median_time_s"]
-        r = s["median_ratio_vs_slsqp"]
-        lines.append(
-            f"{solver:<13} solved {s['solved']:>3}/{s['total']:<3}  "
-            f"median time {_fmt_time(t) if t is not None else '-':>8}  "
-            f"median time ratio vs slsqp {f'{r:.2f}' if r is not None else '-':>6}"
-            + (f"  ({s['errors']} errors/timeouts/unavailable)" if s["errors"] else "")
-        )
-    return lines
 
 
 def run_benchmark(
@@ -483,7 +405,7 @@ def run_benchmark(
             run = run_solver(problem, solver, timeout=timeout, options=options)
             if progress is not None:
                 print(
-                    f"({'ok' if run.solved else 'x'} {_fmt_time(run.time_s)})",
+                    f"({'ok' if run.solved else 'x'} {format_time(run.time_s)})",
                     end="",
                     file=progress,
                     flush=True,
@@ -506,6 +428,7 @@ _CSV_FIELDS = (
     "nit",
     "nfev",
     "time_s",
+    "cpu_s",
     "reason",
     "message",
     "iteration_limit",
@@ -596,6 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for line in format_summary(summary):
         print(line)
+    unsolved = format_unsolved(runs, solvers)
+    if unsolved:
+        print()
+        print("\n".join(unsolved))
     if args.csv:
         write_csv(args.csv, problems, runs)
     if args.json:

@@ -71,6 +71,7 @@ __all__ = [
     "problem_source",
     "s2mpj_constraints",
     "s2mpj_objective",
+    "s2mpj_values",
     "to_conopt",
 ]
 
@@ -693,60 +694,57 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(device="cpu", dtype=torch.float64).numpy().reshape(-1)
 
 
-class _S2MPJObjective(torch.autograd.Function):
-    """``f(x)`` with backward ``grad_out * ∇f(x)`` from S2MPJ's analytic gradient.
+class _S2MPJValues(torch.autograd.Function):
+    """``(f(x), [h(x); g(x)])`` with backward ``a * ∇f(x) + J(x)^T v`` from S2MPJ's derivatives.
 
-    When ``x`` requires a gradient, the forward pass asks S2MPJ for the value and the gradient in
-    one call and keeps the gradient for the backward pass (which then costs no evaluation).
+    When ``x`` requires a gradient, the forward pass asks S2MPJ for the values with the gradient
+    and the Jacobian (one call each) and keeps them for the backward pass (which then costs no
+    evaluation); otherwise it asks for the values only. One autograd node serves the objective
+    and the constraints.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, problem: S2MPJProblem) -> tuple[torch.Tensor, ...]:
+        point = _as_numpy(x)
         if ctx.needs_input_grad[0]:
-            f, grad = problem.objective_and_gradient(_as_numpy(x))
-            ctx.grad = torch.from_numpy(grad).to(dtype=x.dtype, device=x.device).reshape(x.shape)
+            f, grad = problem.objective_and_gradient(point)
+            values, jac = problem.constraints_and_jacobian(point)
+            ctx.grad = _like(grad, x).reshape(x.shape)
+            ctx.jac = _like(jac, x)
         else:
-            f = problem.objective(_as_numpy(x))
-        return torch.tensor(f, dtype=x.dtype, device=x.device)
+            f, values = problem.objective(point), problem.constraints(point)
+        return torch.tensor(f, dtype=x.dtype, device=x.device), _like(values, x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_output * ctx.grad, None
+    def backward(ctx: Any, grad_f: torch.Tensor, grad_c: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad_f * ctx.grad
+        if ctx.jac.numel():
+            grad = grad + (grad_c.to(ctx.jac.dtype) @ ctx.jac).reshape(ctx.grad.shape)
+        return grad, None
 
 
-class _S2MPJConstraints(torch.autograd.Function):
-    """``[h(x); g(x)]`` with backward ``J(x)^T v`` from S2MPJ's analytic Jacobian.
+def _like(a: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+    """``a`` as a tensor of ``x``'s dtype and device (shared memory when they match)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(a))
+    if tensor.dtype != x.dtype or tensor.device != x.device:
+        tensor = tensor.to(dtype=x.dtype, device=x.device)
+    return tensor
 
-    As for the objective, the Jacobian comes with the values (one S2MPJ call) when ``x``
-    requires a gradient, and the backward pass is a product with it.
-    """
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
-        if ctx.needs_input_grad[0]:
-            values, jac = problem.constraints_and_jacobian(_as_numpy(x))
-            ctx.jac = torch.from_numpy(jac).to(dtype=x.dtype, device=x.device)
-            ctx.x_shape = x.shape
-        else:
-            values = problem.constraints(_as_numpy(x))
-        return torch.from_numpy(values).to(dtype=x.dtype, device=x.device)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad_output.to(ctx.jac.dtype) @ ctx.jac
-        return grad.reshape(ctx.x_shape), None
+def s2mpj_values(x: torch.Tensor, problem: S2MPJProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable ``(f(x), [h(x); g(x)])`` of an :class:`S2MPJProblem` (one autograd node)."""
+    return _S2MPJValues.apply(x, problem)
 
 
 def s2mpj_objective(x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
     """Differentiable ``f(x)`` of an :class:`S2MPJProblem` (a 0-d tensor)."""
-    return _S2MPJObjective.apply(x, problem)
+    return s2mpj_values(x, problem)[0]
 
 
 def s2mpj_constraints(x: torch.Tensor, problem: S2MPJProblem) -> torch.Tensor:
     """Differentiable stacked ``[h(x); g(x)]`` of an :class:`S2MPJProblem`."""
-    return _S2MPJConstraints.apply(x, problem)
+    return s2mpj_values(x, problem)[1]
 
 
 @functools.lru_cache(maxsize=1)
@@ -768,10 +766,9 @@ def _conopt_problem_class() -> type:
                 self.inequalities = conopt.Constraint("<=", shape=source.m_in)
 
         def evaluate(self, x: torch.Tensor) -> conopt.ProblemState:
-            loss = s2mpj_objective(x, self.source)
+            loss, values = s2mpj_values(x, self.source)
             constraints: dict[Any, torch.Tensor] = {}
             if self.m_eq or self.m_in:
-                values = s2mpj_constraints(x, self.source)
                 if self.m_eq:
                     constraints[self.equalities] = values[: self.m_eq]
                 if self.m_in:

@@ -8,6 +8,7 @@ Declare a :class:`ConstrainedProblem` with :class:`Constraint` attributes, retur
 from conopt import optim
 from conopt.diagnostics import ConstraintReport, KKTReport, StepReport
 from conopt.errors import NonFiniteError
+from conopt.feasibility import FeasibilityReport, FeasibilityTracker, evaluate_feasibility
 from conopt.formulations import (
     AugmentedLagrangian,
     Formulation,
@@ -28,6 +29,8 @@ __all__ = [
     "ConstraintReport",
     "ConstraintState",
     "DenseMultiplier",
+    "FeasibilityReport",
+    "FeasibilityTracker",
     "Formulation",
     "ImplicitMultiplier",
     "IncreaseOnStagnation",
@@ -40,6 +43,7 @@ __all__ = [
     "QuadraticPenalty",
     "SolveResult",
     "StepReport",
+    "evaluate_feasibility",
     "optim",
     "solve",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "all_agree",
     "all_reduce_gradients_",
     "all_reduce_max_",
+    "all_reduce_sum_",
     "all_reduce_values_",
     "world_size",
 ]
@@ -146,3 +147,9 @@ def all_reduce_max_(tensor: torch.Tensor) -> None:
     """Element-wise maximum across ranks, in place (e.g. to combine boolean masks as 0/1)."""
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> None:
+    """Element-wise sum across ranks, in place (e.g. numerators and counts of held-out means)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from conopt.formulations import Formulation, Lagrangian
-from conopt.multipliers import DenseMultiplier, Multiplier
+from conopt.multipliers import DenseMultiplier, Multiplier, MultiplierPack, pack_optimizer_state_
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -257,7 +257,85 @@ class ConstrainedProblem(nn.Module):
             yield constraint
 
     def dual_parameters(self) -> Iterator[nn.Parameter]:
-        """Yield the parameters of every constraint's multiplier: what the dual optimizer drives."""
+        """Yield the parameters of every constraint's multiplier: what the dual optimizer drives.
+
+        Packed multipliers (:meth:`pack_multipliers`) yield their pack's weight once, where its
+        first constraint is declared.
+        """
+        seen: set[int] = set()
         for constraint in self.constraints():
             if constraint.multiplier is not None:
-                yield from constraint.multiplier.parameters()
+                for param in constraint.multiplier.optimized_parameters():
+                    if id(param) not in seen:
+                        seen.add(id(param))
+                        yield param  # type: ignore[misc]
+
+    @property
+    def packing_version(self) -> int:
+        """How many times :meth:`pack_multipliers` packed something (optimizers check it)."""
+        return self.__dict__.get("_packing_version", 0)
+
+    def pack_multipliers(
+        self, dual_optimizer: torch.optim.Optimizer | None = None
+    ) -> list[MultiplierPack]:
+        r"""Store the plain dense multipliers of each kind in one shared parameter.
+
+        Constraints with a :class:`~conopt.multipliers.DenseMultiplier` (not a subclass) that
+        share a formulation class, a kind, a dtype and a device are packed together, in
+        declaration order (groups of one are left alone): their ``weight``\ s become views of
+        the pack's flat weight, which :meth:`dual_parameters` yields instead, so the dual step,
+        projection, restarts and ``zero_grad`` act on one tensor (see
+        :mod:`conopt.multipliers.packed`). Values, names, reports and the ``state_dict`` layout
+        stay as they were; the steps are the same, number for number.
+
+        Call it before building the constrained optimizer (which refuses a problem packed
+        after it was built). Every step must then evaluate all constraints of a pack or none.
+
+        Args:
+            dual_optimizer: A dual optimizer already built over the unpacked multipliers (for
+                example one whose ``state_dict`` was just loaded from an unpacked run): it is
+                converted to drive the packs, with its per-entry state concatenated.
+
+        Returns:
+            The new packs (empty when nothing is left to pack).
+
+        Example:
+            >>> import torch, conopt
+            >>> class Groups(conopt.ConstrainedProblem):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.each = torch.nn.ModuleList(conopt.Constraint("<=") for _ in range(3))
+            >>> problem = Groups()
+            >>> [pack.names for pack in problem.pack_multipliers()]
+            [['each.0', 'each.1', 'each.2']]
+            >>> [tuple(p.shape) for p in problem.dual_parameters()]
+            [(3,)]
+        """
+        candidates: dict[tuple, list[tuple[str, DenseMultiplier]]] = {}
+        for name, constraint in self.named_constraints():
+            multiplier = constraint.multiplier
+            if type(multiplier) is not DenseMultiplier or multiplier.pack is not None:
+                continue
+            weight = multiplier.weight
+            key = (type(constraint.formulation), constraint.kind, weight.dtype, weight.device)
+            candidates.setdefault(key, []).append((name, multiplier))
+        packs: list[MultiplierPack] = []
+        old_weights: dict[int, list[torch.Tensor]] = {}
+        for members in candidates.values():
+            if len(members) < 2:
+                continue
+            names = [name for name, _ in members]
+            pack = MultiplierPack([m for _, m in members], names)
+            old_weights[id(pack)] = [m.weight for _, m in members]
+            for _, multiplier in members:
+                multiplier.pack_into_(pack)
+            packs.append(pack)
+        if not packs:
+            return []
+        if "_multiplier_packs" not in self._modules:
+            self._multiplier_packs = nn.ModuleList()
+        self._multiplier_packs.extend(packs)
+        self.__dict__["_packing_version"] = self.packing_version + 1
+        if dual_optimizer is not None:
+            pack_optimizer_state_(dual_optimizer, packs, old_weights)
+        return packs

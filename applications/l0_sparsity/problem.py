@@ -9,30 +9,29 @@ r"""The sparsity problem: cross-entropy under density and compute-budget constra
 
 where :math:`d` is the expected density of the gated weights (Gallego-Posada et al., 2022),
 model-wise (one target :math:`\epsilon`) or layer-wise (one target per gated layer), and each
-compute budget :math:`k` (MACs, parameters of the purged model;
-:class:`~l0_sparsity.measures.ComputeCost`) bounds its expected cost as a fraction
+compute budget :math:`k` (MACs, parameters of the purged model,
+:class:`~l0_sparsity.measures.ComputeCost`; its latency,
+:class:`~l0_sparsity.measures.LatencyModel`) bounds its expected cost as a fraction
 :math:`\tau_k` of the dense model's. The penalized baseline drops the density constraint and adds
 :math:`\lambda_{pen}\, d` to the loss, with a fixed :math:`\lambda_{pen}`.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 import conopt
-from l0_sparsity.measures import ComputeCost, expected_l2
+from l0_sparsity.budget_measures import BUDGETS, BudgetMeasures, check_budget
+from l0_sparsity.measures import ComputeCost, LatencyModel, expected_l2
 from l0_sparsity.nn import GateSet, gated_layers
 
 __all__ = ["BUDGETS", "SparsityProblem"]
 
 _MODES = {"target": "model-wise", "layer_targets": "layer-wise", "penalty": "penalized"}
-
-BUDGETS: Mapping[str, str] = {"macs": "MACs", "params": "parameters"}
-"""The compute budgets, by constraint name (keyword ``<name>_target``), and what they count."""
 
 
 def _check_target(value: float, what: str) -> float:
@@ -42,33 +41,12 @@ def _check_target(value: float, what: str) -> float:
     return value
 
 
-def _check_budget(value: float, name: str) -> float:
-    value = float(value)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"{name}_target must be a fraction of the dense model's {BUDGETS[name]} in (0, 1], "
-            f"got {value}."
-        )
-    return value
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """``model`` without its DDP / DataParallel or ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 class SparsityProblem(conopt.ConstrainedProblem):
     r"""Cross-entropy of a gated model under density and compute-budget constraints.
 
     At most one of ``target``, ``layer_targets`` or ``penalty`` selects the density mode; none
-    is needed when a compute budget (``macs_target``, ``params_target``) is given. The budgets
-    combine with each other and with any density mode.
+    is needed when a compute budget (``macs_target``, ``params_target``, ``latency_target``) is
+    given. The budgets combine with each other and with any density mode.
 
     Args:
         model: A model with gated layers (see :mod:`l0_sparsity.nn`).
@@ -81,6 +59,15 @@ class SparsityProblem(conopt.ConstrainedProblem):
             of the dense model's in :math:`(0, 1]`: constraint ``macs``.
         params_target: Budget on the expected parameters of the purged model, as a fraction of
             the dense model's: constraint ``params``.
+        latency_target: Budget on the expected latency of the purged model, as a fraction of
+            the dense model's predicted by ``latency_model``: constraint ``latency``.
+        latency_model: The fitted latency model of ``model``
+            (:class:`~l0_sparsity.measures.LatencyModel`); required with ``latency_target``.
+        strict_budgets: Make each budget a proxy constraint: the expected fraction drives the
+            primal step (it is differentiable), the purged model's fraction at the test-time
+            gates drives the multiplier's step (and dual restarts), so that training stops at
+            the purged model's budget rather than at its expectation. For latency the strict
+            value is the model's prediction at the test-time gates.
         example_input: An input batch, or its shape (batch dimension included), at which the
             compute measures are built; required with a budget. Given without one, the
             measures are built for :meth:`expected_compute` and :meth:`test_compute` only.
@@ -89,8 +76,8 @@ class SparsityProblem(conopt.ConstrainedProblem):
 
     Raises:
         ValueError: For no density mode and no budget, more than one density mode, a value out
-            of range, a budget without ``example_input``, or a budget below what the ungated
-            layers alone cost (the message gives that floor).
+            of range, a budget without ``example_input`` (``latency_model`` for latency), or a
+            budget below what the ungated layers alone cost (the message gives that floor).
 
     Example:
         >>> import torch
@@ -112,13 +99,20 @@ class SparsityProblem(conopt.ConstrainedProblem):
         penalty: float | None = None,
         macs_target: float | None = None,
         params_target: float | None = None,
+        latency_target: float | None = None,
+        latency_model: LatencyModel | None = None,
+        strict_budgets: bool = False,
         example_input: torch.Tensor | Sequence[int] | None = None,
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
         budgets = {
-            name: _check_budget(value, name)
-            for name, value in (("macs", macs_target), ("params", params_target))
+            name: check_budget(value, name)
+            for name, value in (
+                ("macs", macs_target),
+                ("params", params_target),
+                ("latency", latency_target),
+            )
             if value is not None
         }
         modes = {"target": target, "layer_targets": layer_targets, "penalty": penalty}
@@ -127,7 +121,7 @@ class SparsityProblem(conopt.ConstrainedProblem):
             raise ValueError(
                 "give exactly one of target (model-wise), layer_targets (layer-wise) or "
                 "penalty (penalized baseline), or none of them with a compute budget "
-                f"(macs_target, params_target); got {chosen or 'none'}."
+                f"(macs_target, params_target, latency_target); got {chosen or 'none'}."
             )
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
@@ -160,7 +154,8 @@ class SparsityProblem(conopt.ConstrainedProblem):
                 "<=", shape=len(self.layer_names), reduction=None
             )
         self._budgets = budgets
-        self._cost = self._compute_cost(model, example_input, budgets)
+        self.strict_budgets = strict_budgets
+        self._measures = BudgetMeasures(model, budgets, example_input, latency_model)
         for name in budgets:  # parameter-only constraints: the same value on every rank
             setattr(self, name, conopt.Constraint("<=", reduction=None))
 
@@ -185,39 +180,6 @@ class SparsityProblem(conopt.ConstrainedProblem):
         return [
             _check_target(v, f"layer target for {n!r}") for v, n in zip(values, names, strict=True)
         ]
-
-    @staticmethod
-    def _compute_cost(
-        model: nn.Module,
-        example_input: torch.Tensor | Sequence[int] | None,
-        budgets: Mapping[str, float],
-    ) -> ComputeCost | None:
-        """The compute measures at ``example_input``, with each budget checked against its floor."""
-        if example_input is None:
-            if budgets:
-                raise ValueError(
-                    f"{', '.join(f'{name}_target' for name in budgets)} needs example_input "
-                    "(an input batch or its shape, e.g. (1, 3, 32, 32)) to measure the model's "
-                    "compute."
-                )
-            return None
-        if not isinstance(example_input, torch.Tensor):
-            example_input = tuple(int(size) for size in example_input)
-        # Measuring runs the model once: keep the run's random streams where they were.
-        with torch.random.fork_rng(devices=_cuda_devices(model)):
-            cost = ComputeCost(_unwrapped(model), example_input)
-        for name, value in budgets.items():
-            fixed, dense = getattr(cost, f"fixed_{name}"), getattr(cost, f"dense_{name}")
-            floor = fixed / dense
-            if value < floor:
-                shown = math.ceil(floor * 1e4) / 1e4
-                raise ValueError(
-                    f"{name}_target {value:g} is below the floor {shown:.4f} of the ungated "
-                    f"layers (with the one group per layer that a purge always keeps, {fixed:,} "
-                    f"of the dense model's {dense:,} {BUDGETS[name]} remain whatever the "
-                    f"gates); give a {name}_target of at least {shown:.4f}."
-                )
-        return cost
 
     @property
     def model(self) -> nn.Module:
@@ -262,38 +224,36 @@ class SparsityProblem(conopt.ConstrainedProblem):
     @property
     def compute_cost(self) -> ComputeCost | None:
         """The compute measures (``None`` for a problem built without ``example_input``)."""
-        return self._cost
+        return self._measures.cost
 
     def densities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The expected model-wise density and the vector of layer-wise densities."""
         active = self._gates.expected_active_params()
         return active.sum() / self._total, active / self._sizes
 
-    def _require_cost(self) -> ComputeCost:
-        if self._cost is None:
-            raise ValueError(
-                "this SparsityProblem was built without example_input: pass one (an input "
-                "batch or its shape) to measure the model's compute."
-            )
-        return self._cost
+    @property
+    def latency_model(self) -> LatencyModel | None:
+        """The latency model (``None`` for a problem built without one)."""
+        return self._measures.latency_model
 
     def expected_compute(self) -> dict[str, torch.Tensor]:
-        """The expected MACs and parameters of the purged model, as fractions of the dense model.
+        """The expected MACs, parameters and latency of the purged model, as fractions of dense.
 
-        One evaluation of :class:`~l0_sparsity.measures.ComputeCost` for both, in full
-        precision under autocast (a constraint value stays float32).
+        One evaluation of :class:`~l0_sparsity.measures.ComputeCost` for MACs and parameters,
+        in full precision under autocast (a constraint value stays float32); ``"latency"``
+        only with a latency model (:class:`~l0_sparsity.measures.LatencyModel`), and only it
+        for a problem built without ``example_input``.
 
         Returns:
-            ``{"macs": ..., "params": ...}``: differentiable scalars in ``[0, 1]`` (the values
-            that the budget constraints bound).
+            ``{"macs": ..., "params": ...[, "latency": ...]}``: differentiable scalars in
+            ``[0, 1]`` (the values that the budget constraints bound).
 
         Raises:
-            ValueError: If the problem was built without ``example_input``.
+            ValueError: If the problem was built without ``example_input`` and without a
+                latency model.
         """
-        cost = self._require_cost()
         with torch.autocast(self._sizes.device.type, enabled=False):
-            macs, params = cost.expected().float().unbind()
-        return {"macs": macs / cost.dense_macs, "params": params / cost.dense_params}
+            return self._measures.expected()
 
     @torch.no_grad()
     def test_compute(self) -> dict[str, float]:
@@ -306,45 +266,62 @@ class SparsityProblem(conopt.ConstrainedProblem):
         Raises:
             ValueError: If the problem was built without ``example_input``.
         """
-        cost = self._require_cost()
-        return {
-            name: getattr(cost, f"test_{name}")() / getattr(cost, f"dense_{name}")
-            for name in BUDGETS
-        }
+        return self._measures.test()
 
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> conopt.ProblemState:
         """Loss, density constraint and budget constraints on one batch.
 
-        ``extras`` holds ``logits``, ``cross_entropy``, ``density`` (model-wise) and
-        ``layer_densities``, and each budget's expected fraction by name (``macs``,
-        ``params``), all for logging.
+        The cross-entropy of the model's logits, given to :meth:`constrained_state`.
+        ``extras`` holds ``logits`` and ``cross_entropy`` besides that method's, all for
+        logging.
         """
         logits = self.model(inputs)
         cross_entropy = nn.functional.cross_entropy(logits.float(), targets)
-        loss = cross_entropy
+        state = self.constrained_state(cross_entropy)
+        extras = {"logits": logits.detach(), "cross_entropy": cross_entropy.detach()}
+        return dataclasses.replace(state, extras={**extras, **state.extras})
+
+    def constrained_state(self, task_loss: torch.Tensor) -> conopt.ProblemState:
+        """The problem's state around a task loss computed elsewhere (e.g. by a framework).
+
+        The loss is ``task_loss`` plus the expected L2 term and, for the penalized baseline,
+        the density penalty; the constraints are the density and budget constraints. This is
+        how a sparsity budget joins a training loop that computes its own loss (a Lightning
+        ``training_step``, a Hugging Face ``Trainer``).
+
+        Args:
+            task_loss: The scalar task loss on the batch.
+
+        Returns:
+            The state; ``extras`` holds ``density`` (model-wise), ``layer_densities`` and each
+            budget's expected fraction by name (``macs``, ``params``, ``latency``), all for
+            logging. With ``strict_budgets`` each budget is a proxy constraint whose dual value
+            is the fraction at the test-time gates.
+        """
+        loss = task_loss
         if self.weight_decay:
             loss = loss + 0.5 * self.weight_decay * expected_l2(self.model)
         density, per_layer = self.densities()
-        constraints: dict[conopt.Constraint, torch.Tensor] = {}
+        constraints: dict[conopt.Constraint, torch.Tensor | conopt.ConstraintState] = {}
         if self.penalty is not None:
             loss = loss + self.penalty * density
         elif self._mode == "model-wise":
             constraints[self.density] = density - self.targets
         elif self._mode == "layer-wise":
             constraints[self.layer_density] = per_layer - self.targets
-        extras = {
-            "logits": logits.detach(),
-            "cross_entropy": cross_entropy.detach(),
-            "density": density.detach(),
-            "layer_densities": per_layer.detach(),
-        }
+        extras = {"density": density.detach(), "layer_densities": per_layer.detach()}
         fractions = self.expected_compute() if self._budgets else {}
         for name, budget in self._budgets.items():
-            constraints[getattr(self, name)] = fractions[name] - budget
+            value = fractions[name] - budget
+            constraints[getattr(self, name)] = (
+                conopt.ConstraintState(
+                    value,
+                    strict_value=value.detach().new_tensor(
+                        self._measures.strict_value(name) - budget
+                    ),
+                )
+                if self.strict_budgets
+                else value
+            )
             extras[name] = fractions[name].detach()
         return conopt.ProblemState(loss=loss, constraints=constraints, extras=extras)
-
-
-def _cuda_devices(model: nn.Module) -> list[int]:
-    """The CUDA devices ``model``'s parameters live on (whose generators a forward may use)."""
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})

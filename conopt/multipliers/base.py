@@ -130,6 +130,14 @@ class Multiplier(nn.Module):
         """
         raise NotImplementedError
 
+    def optimized_parameters(self) -> list[torch.Tensor]:
+        """The parameters the dual optimizer drives for this multiplier.
+
+        Its own parameters, or the shared weight of its pack once packed (see
+        :mod:`conopt.multipliers.packed`).
+        """
+        return list(self.parameters())
+
     def projection_targets(self) -> list[torch.Tensor]:
         """Parameters to clamp at zero after each dual step (empty for equality multipliers)."""
         return []

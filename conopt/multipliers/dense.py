@@ -8,12 +8,19 @@ vectorized paths of the constrained optimizers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from conopt.multipliers.base import Multiplier, _initial_weight, _same_shape_state
+from conopt.multipliers.base import (
+    Multiplier,
+    _initial_weight,
+    _new_dtype_epoch,
+    _same_shape_state,
+    _widen_,
+)
+from conopt.multipliers.packed import MultiplierPack, restart_slice_
 
 if TYPE_CHECKING:
     from conopt.problem import ConstraintState
@@ -131,6 +138,37 @@ class DenseMultiplier(Multiplier):
             _initial_weight(torch.as_tensor(init).shape if shape is None else shape, init)
         )
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The multipliers: an ``nn.Parameter``, or a view of its pack's weight once packed."""
+        param = self._parameters.get("weight")
+        if param is not None:
+            return param
+        pack = self.__dict__.get("_pack")
+        if pack is None:
+            raise AttributeError(f"{type(self).__name__} has no weight")
+        start, stop = self.__dict__["_slice"]
+        return pack.weight[start:stop].view(self.constraint_shape)
+
+    @property
+    def pack(self) -> MultiplierPack | None:
+        """The :class:`~conopt.multipliers.packed.MultiplierPack` holding the weight, if any."""
+        return self.__dict__.get("_pack")
+
+    def pack_into_(self, pack: MultiplierPack) -> None:
+        """Drop the own parameter: from now on the weight is a view of ``pack``'s slice.
+
+        Args:
+            pack: The pack, which already holds this multiplier's values.
+        """
+        self.__dict__["_slice"] = pack.slice_of(self)
+        self.__dict__["_pack"] = pack
+        del self._parameters["weight"]
+
+    def optimized_parameters(self) -> list[torch.Tensor]:  # noqa: D102
+        pack = self.pack
+        return list(self.parameters()) if pack is None else [pack.weight]
+
     def bind(self, constraint_shape: torch.Size, *, nonnegative: bool) -> None:  # noqa: D102
         if self._requested_shape is not None and self._requested_shape != constraint_shape:
             raise ValueError(
@@ -144,20 +182,98 @@ class DenseMultiplier(Multiplier):
             raise ValueError("An inequality multiplier must be initialized non-negative.")
 
     def value(self, state: ConstraintState | None) -> torch.Tensor:  # noqa: D102
-        return self._parameters["weight"]  # type: ignore[return-value] - hot path, no __getattr__
+        param = self._parameters.get("weight")  # hot path: no property, no __getattr__
+        return self.weight if param is None else param
 
     def expected_shape(self, state: ConstraintState) -> torch.Size:  # noqa: D102
         return self.constraint_shape
 
     def projection_targets(self) -> list[torch.Tensor]:  # noqa: D102
-        return [self.weight] if self.nonnegative else []
+        return self.optimized_parameters() if self.nonnegative else []
 
     def add_dual_gradient_(  # noqa: D102
         self, state: ConstraintState | None, direction: torch.Tensor
     ) -> None:
-        add_dense_gradients_([self.weight], [direction])
+        pack = self.pack
+        if pack is None:
+            add_dense_gradients_([self.weight], [direction])
+            return
+        start, stop = self.__dict__["_slice"]
+        add_pack_gradient_(pack, start, stop, direction)
 
     def restart_(  # noqa: D102
         self, state: ConstraintState, feasible: torch.Tensor, optimizer: torch.optim.Optimizer
     ) -> None:
-        restart_dense_([self.weight], feasible, optimizer)
+        pack = self.pack
+        if pack is None:
+            restart_dense_([self.weight], feasible, optimizer)
+        else:
+            restart_slice_(pack, *self.__dict__["_slice"], feasible, optimizer)
+
+    def follow_dtype_(  # noqa: D102
+        self, dtype: torch.dtype, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        pack = self.pack
+        if pack is None:
+            super().follow_dtype_(dtype, optimizer)
+        elif torch.promote_types(pack.weight.dtype, dtype) == dtype:
+            if _widen_(pack.weight, dtype, optimizer):  # the whole pack: one dtype
+                _new_dtype_epoch()
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.pack is not None:  # the same key as unpacked: checkpoints load either way
+            destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        pack = self.pack
+        if pack is None:
+            args = (strict, missing_keys, unexpected_keys, error_msgs)
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+            return
+        key = prefix + "weight"
+        saved = state_dict.get(key)
+        if not isinstance(saved, torch.Tensor):
+            missing_keys.append(key)
+            return
+        if saved.shape != self.constraint_shape:
+            error_msgs.append(
+                f"size mismatch for {key}: copying a param with shape {tuple(saved.shape)}, "
+                f"the shape in the current model is {tuple(self.constraint_shape)}."
+            )
+            return
+        if saved.is_floating_point():
+            self.follow_dtype_(saved.dtype)  # a wider saved weight widens the pack
+        with torch.no_grad():
+            self.weight.copy_(saved)
+
+
+def add_pack_gradient_(
+    pack: MultiplierPack, start: int, stop: int, direction: torch.Tensor
+) -> None:
+    """Accumulate ``direction`` into the gradient of the pack's entries ``start:stop``.
+
+    Args:
+        pack: The pack.
+        start: First entry.
+        stop: One past the last entry.
+        direction: The ascent direction of those entries (any shape of ``stop - start``
+            entries); it may become the gradient itself when it covers the whole pack.
+    """
+    flat = direction.reshape(-1)
+    grad = pack.weight.grad
+    if grad is None:
+        if start == 0 and stop == pack.weight.numel():
+            pack.weight.grad = flat
+            return
+        grad = pack.weight.grad = torch.zeros_like(pack.weight)
+    grad[start:stop].add_(flat)

@@ -33,11 +33,12 @@ from torch.amp import GradScaler
 from conopt import distributed
 from conopt.diagnostics import GradientNorm, StepReport
 from conopt.errors import NonFiniteError
-from conopt.multipliers import restart_dense_
+from conopt.multipliers import converted_dual_state_dict, restart_dense_, restart_slice_
 from conopt.optim.assembled import AssembledLagrangian
 from conopt.optim.grouping import ConstraintGroup, ConstraintIndex
 from conopt.optim.lagrangian import assemble
 from conopt.optim.open_step import OpenStep
+from conopt.optim.players import check_players, primal_optimizer_list
 from conopt.problem import ConstrainedProblem, ProblemState
 
 Closure = Callable[[], ProblemState]
@@ -46,11 +47,10 @@ Closure = Callable[[], ProblemState]
 NonFinitePolicy = Literal["raise", "skip"]
 
 
-def _as_list(primal: torch.optim.Optimizer | Sequence[torch.optim.Optimizer]) -> list:
-    optimizers = [primal] if isinstance(primal, torch.optim.Optimizer) else list(primal)
-    if not optimizers or not all(isinstance(o, torch.optim.Optimizer) for o in optimizers):
-        raise TypeError("primal must be a torch.optim.Optimizer or a non-empty list of them.")
-    return optimizers
+def _unique(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` without repeats (the members of a pack share its weight), in order."""
+    seen: set[int] = set()
+    return [t for t in tensors if not (id(t) in seen or seen.add(id(t)))]  # type: ignore[func-returns-value]
 
 
 class ConstrainedOptimizer:
@@ -97,7 +97,7 @@ class ConstrainedOptimizer:
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
         self.problem = problem
-        self.primal_optimizers = _as_list(primal)
+        self.primal_optimizers = primal_optimizer_list(primal)
         self.dual_optimizer = dual
         self.dual_restarts = dual_restarts
         self.on_nonfinite = on_nonfinite
@@ -105,19 +105,15 @@ class ConstrainedOptimizer:
         self.step_count = 0
         self.skipped_steps = 0
         self._index = ConstraintIndex(problem, dual)
-        self._validate_players()
-        self._projection_targets = [
-            t
-            for c in self._index.by_name.values()
-            if c.multiplier is not None
-            for t in c.multiplier.projection_targets()
-        ]
+        check_players(self._index.by_name, self._primal_parameters(), dual, dual_restarts)
         multipliers = [
             c.multiplier for c in self._index.by_name.values() if c.multiplier is not None
         ]
-        self._explicit_dual_parameters = [
-            p for m in multipliers if m.explicit_gradient for p in m.parameters()
-        ]
+        self._projection_targets = _unique([t for m in multipliers for t in m.projection_targets()])
+        self._explicit_dual_parameters = _unique(
+            [p for m in multipliers if m.explicit_gradient for p in m.optimized_parameters()]
+        )
+        self._packing_version = problem.packing_version
         self._has_implicit_multipliers = any(not m.explicit_gradient for m in multipliers)
         # Under torch.distributed: multipliers whose gradients (not values) are all-reduced.
         self._gradient_reductions = [
@@ -126,49 +122,6 @@ class ConstrainedOptimizer:
             if m.gradient_reduction is not None and m.synchronized
         ]
         self._open_step = OpenStep()
-
-    # ----------------------------------------------------------------------------- validation
-    def _validate_players(self) -> None:
-        dual_params: dict[int, str] = {}
-        for name, constraint in self._index.by_name.items():
-            if constraint.multiplier is None:
-                continue
-            if self.dual_restarts and constraint.is_inequality:
-                if not constraint.multiplier.supports_restarts:
-                    raise ValueError(
-                        f"constraint {name!r}: {type(constraint.multiplier).__name__} does not "
-                        "support dual restarts; use dual_restarts=False or another multiplier."
-                    )
-            for p in constraint.multiplier.parameters():
-                dual_params[id(p)] = name
-        for p in self._primal_parameters():
-            if id(p) in dual_params:
-                raise TypeError(
-                    f"the primal optimizer holds the multiplier of constraint "
-                    f"{dual_params[id(p)]!r}; give multipliers to the dual optimizer only."
-                )
-        if self.dual_optimizer is None:
-            if dual_params:
-                first = next(iter(dual_params.values()))
-                raise ValueError(
-                    f"constraint {first!r} has a multiplier but no dual optimizer was given; "
-                    "pass dual=torch.optim.SGD(problem.dual_parameters(), lr=..., maximize=True)."
-                )
-            return
-        driven: set[int] = set()
-        for group in self.dual_optimizer.param_groups:
-            if not group.get("maximize", False):
-                raise TypeError(
-                    f"the dual optimizer ({type(self.dual_optimizer).__name__}) must be built "
-                    "with maximize=True: multipliers ascend the Lagrangian."
-                )
-            driven.update(id(p) for p in group["params"])
-        missing = sorted({n for i, n in dual_params.items() if i not in driven})
-        if missing:
-            raise ValueError(
-                f"the dual optimizer does not drive the multipliers of constraints {missing}; "
-                "build it from problem.dual_parameters()."
-            )
 
     # ------------------------------------------------------------------------------ building
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -181,6 +134,12 @@ class ConstrainedOptimizer:
 
     def _assemble(self, state: ProblemState) -> AssembledLagrangian | None:
         """Assemble, or return None for a refused-and-skipped step."""
+        if self.problem.packing_version != self._packing_version:
+            raise RuntimeError(
+                f"{type(self).__name__}: the problem's multipliers were packed after this "
+                "optimizer was built; call problem.pack_multipliers() first, then build the "
+                "dual optimizer from problem.dual_parameters() and the constrained optimizer."
+            )
         try:
             return assemble(state, self._index)
         except NonFiniteError:
@@ -276,12 +235,16 @@ class ConstrainedOptimizer:
         """
         assert self.dual_optimizer is not None
         restarted: list[tuple[ConstraintGroup, torch.Tensor]] = []  # (group, feasibility mask)
+        slices: list[tuple[ConstraintGroup, torch.Tensor]] = []  # packed groups, after projection
         projected: set[int] = set()
         for group in assembled.groups:
             if not group.inequality or group.multipliers is None:
                 continue
             assert group.strict_values is not None
             weights = group.dense_weights
+            if group.pack is not None:
+                slices.append((group, group.strict_values < 0))
+                continue
             if weights is None:
                 restarted.append((group, group.strict_values < 0))
                 continue
@@ -289,6 +252,8 @@ class ConstrainedOptimizer:
             projected.update(map(id, weights))
         if len(projected) < len(self._projection_targets):
             self._project([t for t in self._projection_targets if id(t) not in projected])
+        for group, mask in slices:
+            restart_slice_(*group.pack, mask, self.dual_optimizer)  # type: ignore[misc]
         for group, mask in restarted:
             feasible = mask.reshape(-1).split(group.sizes)
             for i, (entry, mask) in enumerate(zip(group.entries, feasible, strict=True)):
@@ -298,7 +263,7 @@ class ConstrainedOptimizer:
 
     def _update_penalties(self, assembled: AssembledLagrangian) -> None:
         for group in assembled.groups:
-            if not any(e.penalized for e in group.entries):
+            if not group.penalized:
                 continue
             assert group.strict_values is not None
             violation = (
@@ -361,6 +326,13 @@ class ConstrainedOptimizer:
         """
         raise NotImplementedError
 
+    def _current_dual_layout(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """``saved``, converted if it was saved over multipliers that are now packed."""
+        if not self.problem.packing_version or self.dual_optimizer is None:
+            return saved
+        multipliers = [c.multiplier for c in self.problem.constraints() if c.multiplier]
+        return converted_dual_state_dict(saved, multipliers, self.dual_optimizer)
+
     def state_dict(self) -> dict[str, Any]:
         """The optimizers' states and the step counters (multipliers live in the problem's)."""
         return {
@@ -371,7 +343,12 @@ class ConstrainedOptimizer:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        A dual optimizer state saved before
+        :meth:`~conopt.problem.ConstrainedProblem.pack_multipliers` (one parameter per
+        multiplier, one param group) is converted to the packs.
+        """
         primal = state_dict["primal"]
         if len(primal) != len(self.primal_optimizers):
             raise ValueError(
@@ -383,6 +360,6 @@ class ConstrainedOptimizer:
         for optimizer, optimizer_state in zip(self.primal_optimizers, primal, strict=True):
             optimizer.load_state_dict(optimizer_state)
         if self.dual_optimizer is not None:
-            self.dual_optimizer.load_state_dict(state_dict["dual"])
+            self.dual_optimizer.load_state_dict(self._current_dual_layout(state_dict["dual"]))
         self.step_count = int(state_dict["step_count"])
         self.skipped_steps = int(state_dict["skipped_steps"])

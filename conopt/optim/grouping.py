@@ -15,7 +15,8 @@ from functools import cached_property
 import torch
 
 from conopt.formulations import Formulation
-from conopt.multipliers import DenseMultiplier, Multiplier
+from conopt.multipliers import DenseMultiplier, Multiplier, MultiplierPack
+from conopt.optim.value_checks import check_whole_packs, checked_value
 from conopt.problem import ConstrainedProblem, Constraint, ConstraintState, ProblemState
 
 
@@ -33,6 +34,7 @@ class _Entry:
     penalized: bool  # the formulation has a penalty growth rule
     value_reduction: str | None  # how the dual value is all-reduced across ranks (or not)
     dense_weight: torch.Tensor | None  # the weight of a plain DenseMultiplier (batched paths)
+    pack_slice: tuple[MultiplierPack, int, int] | None  # a packed multiplier's place in its pack
 
 
 @dataclass
@@ -82,6 +84,29 @@ class ConstraintGroup:
         if any(w is None for w in weights) or len(set(map(id, weights))) < len(weights):
             return None  # not all dense, or one constraint given twice (by object and name)
         return weights  # type: ignore[return-value]
+
+    @cached_property
+    def penalized(self) -> bool:
+        """Whether some constraint of the group has a penalty growth rule."""
+        return any(e.penalized for e in self.entries)
+
+    @cached_property
+    def pack(self) -> tuple[MultiplierPack, int, int] | None:
+        """``(pack, start, stop)`` when the group's multipliers are that slice of one pack.
+
+        Such a group reads, writes and restarts its multipliers as one slice of the pack's
+        flat weight (see :mod:`conopt.multipliers.packed`).
+        """
+        slices = [e.pack_slice for e in self.entries]
+        first = slices[0]
+        if first is None:
+            return None
+        stop = first[1]
+        for place in slices:
+            if place is None or place[0] is not first[0] or place[1] != stop:
+                return None
+            stop = place[2]
+        return first[0], first[1], stop
 
     @property
     def constraints(self) -> list[Constraint]:
@@ -148,7 +173,12 @@ class ConstraintIndex:
                     if multiplier is None or multiplier.gradient_reduction is None
                     else None
                 ),
-                dense_weight=(multiplier.weight if type(multiplier) is DenseMultiplier else None),
+                dense_weight=(
+                    multiplier.weight
+                    if type(multiplier) is DenseMultiplier and multiplier.pack is None
+                    else None
+                ),
+                pack_slice=_pack_slice(multiplier),
             )
             self.entries[constraint] = self.entries[name] = entry
 
@@ -178,71 +208,22 @@ class ConstraintIndex:
         )
 
 
-def _validated_state(
-    entry: _Entry, raw: ConstraintState
-) -> tuple[ConstraintState, torch.Tensor | None]:
-    """``raw`` checked and made safe to read the multiplier with (see ``Multiplier.safe_state``).
-
-    Returns:
-        The safe state, and a 0-d bool tensor that is ``True`` if it differs from ``raw``
-        (``None`` when it cannot): the step is refused then, at its host synchronization.
-    """
-    if raw.strict_value is not None and raw.strict_value.shape != raw.value.shape:
-        raise ValueError(
-            f"constraint {entry.name!r}: strict_value has shape {tuple(raw.strict_value.shape)}, "
-            f"but value has shape {tuple(raw.value.shape)}."
-        )
-    if entry.fixed_shape is None:
-        assert entry.multiplier is not None
-        try:
-            expected = entry.multiplier.expected_shape(raw)
-            safe, unsafe = entry.multiplier.safe_state(raw)
-        except ValueError as error:  # e.g. no indices: say which constraint
-            raise ValueError(f"constraint {entry.name!r}: {error}") from None
-        if raw.value.shape != expected:
-            raise ValueError(
-                f"constraint {entry.name!r}: value has shape {tuple(raw.value.shape)}, "
-                f"expected {tuple(expected)}."
-            )
-        return safe, unsafe
-    return raw, None
+def _pack_slice(multiplier: Multiplier | None) -> tuple[MultiplierPack, int, int] | None:
+    if not isinstance(multiplier, DenseMultiplier) or multiplier.pack is None:
+        return None
+    return (multiplier.pack, *multiplier.pack.slice_of(multiplier))
 
 
-def _checked_value(
-    entry: _Entry, raw: object
-) -> tuple[torch.Tensor, ConstraintState | None, torch.Tensor | None]:
-    """A constraint's value as given in the state, checked against its constraint.
-
-    Returns:
-        The value, the safe state (``None`` for a plain tensor) and its "made safe" flag (see
-        :func:`_validated_state`).
-    """
-    cstate: ConstraintState | None = None
-    unsafe: torch.Tensor | None = None
-    if isinstance(raw, torch.Tensor):
-        if entry.fixed_shape is None:
-            raise ValueError(
-                f"constraint {entry.name!r}: its {type(entry.multiplier).__name__} needs a "
-                "ConstraintState (with indices or features), got a plain tensor."
-            )
-        value = raw
-    elif isinstance(raw, ConstraintState):
-        cstate, unsafe = _validated_state(entry, raw)
-        value = raw.value
-    else:
-        raise TypeError(
-            f"constraint {entry.name!r}: expected a tensor or a ConstraintState, got "
-            f"{type(raw).__name__}."
-        )
-    if entry.fixed_shape is not None and value.shape != entry.fixed_shape:
-        raise ValueError(
-            f"constraint {entry.name!r}: value has shape {tuple(value.shape)}, "
-            f"expected {tuple(entry.fixed_shape)}."
-        )
-    return value, cstate, unsafe
-
-
-_LAYOUT = ("names", "key", "shapes", "sizes", "all_explicit", "dense_weights")
+_LAYOUT = (
+    "names",
+    "key",
+    "shapes",
+    "sizes",
+    "all_explicit",
+    "dense_weights",
+    "pack",
+    "penalized",
+)
 """Cached properties of a :class:`ConstraintGroup` that depend on its layout only."""
 
 _Plan = list[tuple[tuple[type[Formulation], bool], list[_Entry], list[int], list[torch.Size], dict]]
@@ -271,12 +252,8 @@ def _grouped_by_plan(state: ProblemState, plan: _Plan) -> list[ConstraintGroup] 
     groups = []
     for group_key, entries, positions, shapes, layout in plan:
         values = [raws[i] for i in positions]
-        try:
-            if [v.shape for v in values] != shapes:
-                return None
-        except AttributeError:  # a ConstraintState, or not a tensor: take the general path
-            return None
-        if not all(isinstance(v, torch.Tensor) for v in values):
+        # One pass: a ConstraintState, or anything not a tensor, takes the general path.
+        if [v.shape if isinstance(v, torch.Tensor) else None for v in values] != shapes:
             return None
         group = ConstraintGroup(
             *group_key, entries=entries, values=values, states=[None] * len(values)
@@ -320,7 +297,7 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
     plannable = True
     for position, (key, raw) in enumerate(state.constraints.items()):
         entry = index.resolve(key)
-        value, cstate, unsafe = _checked_value(entry, raw)
+        value, cstate, unsafe = checked_value(entry, raw)
         group = groups.get(entry.group_key)
         if group is None:
             group = groups[entry.group_key] = ConstraintGroup(*entry.group_key)
@@ -335,8 +312,10 @@ def group_constraints(state: ProblemState, index: ConstraintIndex) -> list[Const
         group.has_strict = group.has_strict or (
             cstate is not None and cstate.strict_value is not None
         )
+    result = list(groups.values())
+    check_whole_packs(result)
     if plannable:
         if len(index.plans) >= 16:  # layouts that keep changing: keep the cache small
             index.plans.clear()
         index.plans[keys] = _plan(groups, positions)
-    return list(groups.values())
+    return result

@@ -30,7 +30,7 @@ from conopt import distributed
 from conopt.diagnostics import GroupRecord
 from conopt.errors import NonFiniteError
 from conopt.formulations import Lagrangian
-from conopt.multipliers import add_dense_gradients_, dtype_epoch
+from conopt.multipliers import add_dense_gradients_, add_pack_gradient_, dtype_epoch
 from conopt.optim.assembled import AssembledLagrangian
 from conopt.optim.grouping import ConstraintGroup, ConstraintIndex, group_constraints
 from conopt.optim.refusal import dual_update_terms, refuse_nonfinite
@@ -42,10 +42,37 @@ _AT_LEAST_FLOAT32 = (torch.float32, torch.float64)
 """Value dtypes that the Lagrangian keeps as they are (others are promoted to float32)."""
 
 
+def _fresh(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is an operation's output (no leaf, no view).
+
+    Nothing that an optimizer step changes in place aliases such a tensor.
+    """
+    return tensor.grad_fn is not None and not tensor._is_view()
+
+
+def _unbound_base(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The fresh vector whose ``unbind()`` (in order) gave the scalars ``tensors``, if any.
+
+    Constraints named one per entry of a vector computed at once are given as its entries;
+    that vector is their concatenation, without a copy and without a hundred autograd edges.
+    """
+    base = tensors[0]._base
+    if base is None or base.dim() != 1 or base.numel() != len(tensors) or not _fresh(base):
+        return None
+    if any(t._base is not base or t.dim() for t in tensors):
+        return None
+    start, stride = base.storage_offset(), base.stride(0)
+    offsets = range(start, start + len(tensors) * stride, stride)
+    return base if [t.storage_offset() for t in tensors] == list(offsets) else None
+
+
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate flattened tensors (one tensor is returned as it is)."""
     if len(tensors) == 1:
         return tensors[0]
+    base = _unbound_base(tensors)
+    if base is not None:
+        return base
     try:
         return torch.stack(tensors).reshape(-1)  # one autograd node when the shapes agree
     except RuntimeError:
@@ -88,8 +115,16 @@ def _scale_summed_terms(term: torch.Tensor, group: ConstraintGroup) -> torch.Ten
 def _multipliers(group: ConstraintGroup) -> torch.Tensor:
     """The group's multipliers; only those without a closed-form gradient carry autograd."""
     entries, states = group.entries, group.states
+    if group.pack is not None:  # one slice of a pack's flat weight, copied for the report
+        pack, start, stop = group.pack
+        with torch.no_grad():
+            flat = pack.weight[start:stop].clone()
+        return flat.view(group.shapes[0]) if len(entries) == 1 else flat
     if group.all_explicit:
         weights = group.dense_weights  # DenseMultiplier.value() is the weight
+        if weights is not None and len(weights) == 1:  # the hot path of one constraint
+            # A copy (see below), detached without entering no_grad.
+            return weights[0].detach().clone()
         with torch.no_grad():
             flat = _flat(
                 [e.multiplier.value(s) for e, s in zip(entries, states, strict=True)]  # type: ignore[union-attr]
@@ -165,6 +200,9 @@ def _write_dual_gradients(group: ConstraintGroup) -> None:
         if group.direction.dtype == dtype
         else group.direction.to(dtype, copy=True)
     )
+    if group.pack is not None:  # packed multipliers: one slice of one gradient
+        add_pack_gradient_(*group.pack, direction)
+        return
     if len(group.entries) == 1:
         shape = group.values[0].shape
         parts: Sequence[torch.Tensor] = [
@@ -197,10 +235,11 @@ def _group_term(
     values = _flat(group.values)
     if values.dtype not in _AT_LEAST_FLOAT32:
         values = values.to(torch.promote_types(values.dtype, torch.float32))
-    # A lone value may be (a view of) a parameter that the primal step changes in place
-    # before restarts, penalty updates and the report read it: keep copies of this step's.
+    # A lone value (or the vector that the values were unbound from) may be (a view of) a
+    # parameter that the primal step changes in place before restarts, penalty updates and the
+    # report read it: keep a copy of this step's, unless it is an operation's fresh output.
     lone = len(group.values) == 1
-    detached = values.detach().clone() if lone else values.detach()
+    detached = values.detach() if not lone or _fresh(values) else values.detach().clone()
     strict = None
     if group.has_strict:
         strict = _flat([group.strict(i) for i in range(len(group.values))]).detach()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -37,6 +38,11 @@ class Scales:
     g: torch.Tensor
     h: torch.Tensor
     unit: bool = False
+
+    @cached_property
+    def f_weight(self) -> torch.Tensor:
+        """The objective's factor as a 0-d tensor (the rows' dtype and device)."""
+        return self.g.new_tensor(self.f)
 
     def to_units(self, lam: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Multipliers of the scaled problem in the problem's own units."""
@@ -86,9 +92,9 @@ class Point:
         r"""The gradient of the scaled :math:`f + w_g^\top g + w_h^\top h` at :attr:`x`."""
         s = self.scales
         if s.unit:
-            weights = (torch.ones_like(self.f), weight_g, weight_h)
+            weights = (s.f_weight, weight_g, weight_h)
         else:
-            weights = (self.f.new_tensor(s.f), weight_g * s.g, weight_h * s.h)
+            weights = (s.f_weight, weight_g * s.g, weight_h * s.h)
         pairs = [
             (out, weight)
             for out, weight in zip(self.outputs, weights, strict=True)
@@ -161,10 +167,11 @@ class Evaluator:
                         f"constraint {entry.name!r}: value has shape {tuple(value.shape)}, "
                         f"expected {tuple(entry.constraint.shape)}."
                     )
-                value = value.to(x.dtype).reshape(-1)
+                value = _flat(value, x)
                 (ineq if entry.constraint.is_inequality else eq).append(value)
                 layout.append((entry.name, entry.constraint.is_inequality, value.shape))
-            f = torch.as_tensor(state.loss).to(dtype=x.dtype, device=x.device).reshape(())
+            loss = state.loss
+            f = _flat(loss if isinstance(loss, torch.Tensor) else torch.as_tensor(loss), x, True)
             g = _join(ineq, x)
             h = _join(eq, x)
         if self.layout is None:
@@ -207,6 +214,15 @@ class Evaluator:
             (lam if inequality else mu).append(value.to(like).reshape(-1))
         lam_t = torch.cat(lam).clamp(min=0) if lam else like.new_zeros(0)
         return lam_t, (torch.cat(mu) if mu else like.new_zeros(0))
+
+
+def _flat(value: torch.Tensor, like: torch.Tensor, scalar: bool = False) -> torch.Tensor:
+    """``value`` in ``like``'s dtype and device, flat (0-d when ``scalar``); no copy when it is."""
+    if value.dtype != like.dtype or value.device != like.device:
+        value = value.to(dtype=like.dtype, device=like.device)
+    if value.dim() == (0 if scalar else 1):
+        return value
+    return value.reshape(() if scalar else -1)
 
 
 def _join(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,10 @@ least as much as its linear model (no positive curvature seen), a step in nearly
 direction is stretched to that limit, so that an objective unbounded below is followed
 geometrically. The curvature pairs (:class:`Memory`) are kept across outer iterations (a
 multiplier update hardly changes the Hessian of :math:`\mathcal{L}_A` near the solution), which
-makes every inner solve after the first one short.
+makes every inner solve after the first one short. Every inner solve takes at least one step
+(unless its start is exactly stationary): a multiplier update that leaves the reduced gradient
+within the tolerance still moves :math:`x`, so the violation keeps shrinking from one outer
+iteration to the next instead of waiting for the multipliers to drift far enough.
 """
 
 from __future__ import annotations
@@ -85,8 +88,9 @@ class Memory:
         Otherwise, when the step decreased the function at least as much as its linear model
         (``linear``), the step is kept as :attr:`flat`: the next step may extrapolate along it.
         """
-        self.last_step = float(s.abs().max())
-        sy, yy, ss = torch.stack([s.dot(y), y.dot(y), s.dot(s)]).tolist()
+        sy, yy, ss, self.last_step = torch.stack(
+            [s.dot(y), y.dot(y), s.dot(s), s.abs().max()]
+        ).tolist()
         self.flat = None
         if not sy > 1e-10 * math.sqrt(ss * yy):
             self.flat = s if linear else None
@@ -159,6 +163,9 @@ def minimize(
         max_iter: The largest number of iterations.
         accept: Called on every new iterate; returning True stops the solve (KKT met).
 
+    The first step is taken even when ``start`` already meets ``tolerance`` (unless its reduced
+    gradient is 0); a failed line search then ends the solve with ``"tolerance"``.
+
     Returns:
         ``(iterate, iterations, reason)``, the reason being ``"tolerance"``, ``"accepted"``,
         ``"max_iter"``, ``"stalled"`` (no acceptable step) or ``"diverged"`` (the violation grew
@@ -169,11 +176,16 @@ def minimize(
     diverged = _DIVERGENCE * max(1.0, start.violation)
     current = start
     for iteration in range(max_iter):
-        if current.reduced_norm <= tolerance:
+        # One step at least (unless stationary): after a multiplier update that leaves the
+        # reduced gradient within the tolerance, x must still follow the new multipliers.
+        converged = current.reduced_norm <= tolerance
+        if converged and (iteration > 0 or current.reduced_norm == 0):
             return current, iteration, "tolerance"
         x, grad = current.point.x, current.grad
         direction = _step_length(_direction(current, memory, lower, upper), memory)
         new = _line_search(current, direction, objective, evaluate)
+        if new is None and converged:
+            return current, iteration, "tolerance"
         if new is None:
             if len(memory):
                 memory.clear()  # the quasi-Newton model misled the search: steepest descent

@@ -33,13 +33,12 @@ def scale_problem(evaluate: Evaluator, point: Point, scaling: bool) -> tuple[Poi
         ``(point, grad_scale)``: ``point`` under the new factors, and the largest entry of the
         objective's unscaled gradient there, at least 1 (1 where it is not finite).
     """
-    zeros_g, zeros_h = torch.zeros_like(point.g), torch.zeros_like(point.h)
-    grad_f0 = point.gradient(zeros_g, zeros_h)
-    grad_scale = float(torch.cat([grad_f0.new_ones(1), grad_f0.abs()]).max())
+    norms = row_gradient_norms(point)  # the objective's first
+    grad_scale = max(1.0, float(norms[0]))
     if not math.isfinite(grad_scale):
         grad_scale = 1.0
     if scaling:
-        rows = row_gradient_norms(point)
+        rows = norms[1:]
         row_scales = torch.where(torch.isfinite(rows), scale_factors(rows), torch.ones_like(rows))
         m_in = point.g.numel()
         evaluate.scales = Scales(
@@ -52,13 +51,13 @@ def scale_problem(evaluate: Evaluator, point: Point, scaling: bool) -> tuple[Poi
 
 
 def row_gradient_norms(point: Point) -> torch.Tensor:
-    """The largest entry of each constraint row's gradient at ``point`` (``[g; h]`` order).
+    """The largest entry of the gradient of the objective and of each row, ``[f; g; h]`` order.
 
     One batched vector-Jacobian product, or one per row when the problem's backward cannot be
     batched; zeros when the rows do not depend on the variable.
     """
-    _, g, h = point.outputs
-    rows = torch.cat([g, h])
+    f, g, h = point.outputs
+    rows = torch.cat([f.reshape(1), g, h])
     m = rows.numel()
     if m == 0 or not rows.requires_grad:
         return torch.zeros_like(rows.detach())

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from l0_helpers import write_fashion
 from PIL import Image
@@ -24,6 +25,7 @@ from l0_sparsity.data import (
     DatasetNotFoundError,
     EpochShardSampler,
     ImageEvalTransform,
+    ImageTrainTransform,
     RandomCrop,
     RandomHorizontalFlip,
     TensorBatchLoader,
@@ -38,7 +40,6 @@ from l0_sparsity.data import (
     stratified_subset,
 )
 from l0_sparsity.data.base import apply_subsets
-from l0_sparsity.data.transforms import pil_to_tensor, random_resized_crop_box
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 
@@ -270,23 +271,37 @@ def test_eval_transform_resizes_shorter_side_then_center_crops():
     assert torch.allclose(out[0], torch.ones(8, 8)) and torch.allclose(out[1], torch.zeros(8, 8))
 
 
+@settings(max_examples=25, deadline=None)
 @given(
     st.integers(1, 300),
     st.integers(1, 300),
     st.integers(0, 2**31),
 )
-def test_random_resized_crop_box_lies_inside_the_image(width, height, seed):
-    """For every image size and seed, the box is non-empty and inside the image."""
-    generator = torch.Generator().manual_seed(seed)
-    left, top, right, bottom = random_resized_crop_box(width, height, generator=generator)
-    assert 0 <= left < right <= width and 0 <= top < bottom <= height
+def test_train_transform_gives_the_crop_size_for_every_image_and_seed(width, height, seed):
+    """For every image size and seed, the output is a (3, size, size) float tensor."""
+    image = Image.new("RGB", (width, height), (10, 20, 30))
+    transform = ImageTrainTransform(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    out = transform(image, torch.Generator().manual_seed(seed))
+    assert out.shape == (3, 8, 8) and out.dtype == torch.float32
 
 
-def test_pil_to_tensor_is_channel_first_uint8():
-    image = Image.new("RGB", (3, 2), (10, 20, 30))
-    tensor = pil_to_tensor(image)
-    assert tensor.shape == (3, 2, 3) and tensor.dtype == torch.uint8
-    assert tensor[:, 0, 0].tolist() == [10, 20, 30]
+def test_seeded_train_transform_repeats_and_leaves_the_global_rng_alone():
+    image = Image.new("RGB", (30, 20), (10, 20, 30))
+    image.putpixel((3, 4), (255, 255, 255))
+    transform = ImageTrainTransform(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    state = torch.random.get_rng_state()
+    first = transform(image, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(first, transform(image, torch.Generator().manual_seed(5)))
+    assert first.min() >= 0.0 and first.max() <= 1.0  # [0, 1] pixels with mean 0 and std 1
+
+
+def test_image_folders_without_torchvision_name_the_vision_extra(tmp_path, monkeypatch):
+    write_imagefolder(tmp_path / "imagenet")
+    for name in {"torchvision"} | {m for m in sys.modules if m.startswith("torchvision.")}:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"dataset 'imagenet'.*'vision' extra"):
+        build_datasets("imagenet", tmp_path / "imagenet")
 
 
 # ----------------------------------------------------------------------------- registry

@@ -15,6 +15,7 @@ from l0_sparsity.measures import expected_density, expected_l2, layer_densities,
 from l0_sparsity.nn import (
     GatedBatchNorm2d,
     GatedLayer,
+    GatedMultiheadAttention,
     L0Conv2d,
     L0Linear,
     gate_parameters,
@@ -472,8 +473,6 @@ class _Attention(nn.Module):
 
 _ATTENTION_LEFT_DENSE = (
     ("embed", "Embedding"),
-    ("attn", "MultiheadAttention"),
-    ("attn.out_proj", "NonDynamicallyQuantizableLinear"),
     ("conv", "Conv1d"),
 )
 
@@ -510,9 +509,9 @@ def test_sparsify_warns_about_and_reports_layers_it_cannot_gate():
         assert f"{name} ({kind})" in message
     assert "_Attention" in message
     report = model.sparsify_report
-    assert report.gated == ("ff", "head")
+    assert report.gated == ("attn", "ff", "head")  # attention: one gate per head
     assert report.not_gateable == _ATTENTION_LEFT_DENSE
-    assert type(model.attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert isinstance(model.attn, GatedMultiheadAttention)
     assert type(model.conv) is nn.Conv1d and type(model.embed) is nn.Embedding
     for _, layer in gated_layers(model):
         with torch.no_grad():

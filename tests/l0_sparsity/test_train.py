@@ -69,7 +69,14 @@ def test_every_preset_builds_its_model_and_problem(name):
     if preset.penalty is not None:
         SparsityProblem(model, penalty=preset.penalty)
     else:
-        SparsityProblem(model, target=preset.target)
+        side = {"mnist5k": 28, "fashion_mnist": 28, "synthetic": 28}.get(preset.dataset, 32)
+        SparsityProblem(
+            model,
+            target=preset.target,
+            macs_target=preset.macs_target,
+            params_target=preset.params_target,
+            example_input=(1, in_channels, side, side),
+        )
 
 
 def test_cli_train_runs_a_preset(tmp_path, capsys):

@@ -15,6 +15,9 @@ Subcommands:
 * ``presets``: list the presets and their settings.
 * ``demo``: the CPU demonstration: MNIST-5k MLP at target density 0.35, then the same run with a
   fixed penalty, and a table of the outcomes.
+* ``distill [--macs-target 0.5] [--epochs N] [--onnx OUT] ...``: distill the pretrained MiniLM
+  sentence encoder to a MACs budget, purge it, report its agreement with the teacher, and
+  write it as ONNX (:mod:`l0_sparsity.cli.distill`).
 * ``purge CHECKPOINT OUT``: build the physically smaller model from a training checkpoint and save
   it so that it loads with plain ``torch.export.load``.
 
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from conopt.optim import NonFiniteError
+from l0_sparsity.cli.distill import add_distill_parser, run_distill
 from l0_sparsity.cli.flags import (
     UserError,
     add_config_flags,
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--target", type=float, default=0.35)
     demo.add_argument("--penalty", type=float, default=0.1)
     demo.add_argument("--output-dir", default="runs/demo")
+    add_distill_parser(commands)
     purge = commands.add_parser("purge", help="save the physically smaller model of a checkpoint")
     purge.add_argument("checkpoint", help="a training checkpoint (checkpoint.pt)")
     purge.add_argument("out", help="where to write the purged model (.pt2)")
@@ -302,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "purge":
             _run_purge(args.checkpoint, args.out)
+        elif args.command == "distill":
+            run_distill(args)
     except NonFiniteError as error:
         print(f"l0-sparsity: error: {one_line(str(error), limit=1000)}", file=sys.stderr)
         return EXIT_TRAINING_FAILED

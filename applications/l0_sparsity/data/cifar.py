@@ -3,6 +3,13 @@
 The pickles are read by an unpickler that rebuilds numpy arrays and nothing else, so a file
 cannot run code. Images stay ``uint8``; batches are normalized on the fly and the training set
 carries the standard augmentation (zero-pad 4, random 32×32 crop, horizontal flip).
+
+Why not ``torchvision.datasets.CIFAR10`` / ``CIFAR100``, when the image folders do use
+torchvision: they read the same files with ``pickle.load``, which executes whatever a pickle
+asks for, so a tampered or mislabelled download runs code on the training machine; this reader
+refuses any object other than the arrays and lists the format holds. Keeping the images in one
+tensor also lets the augmentation run on whole batches (:mod:`l0_sparsity.data.transforms`)
+instead of one sample at a time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""Image-folder datasets loaded lazily with Pillow: TinyImageNet and ImageNet.
+"""Image-folder datasets decoded lazily by torchvision: TinyImageNet and ImageNet.
+
+The folders are scanned by ``torchvision.datasets`` (``find_classes`` and ``make_dataset``, the
+scan behind ``ImageFolder``), images are decoded by its ``default_loader`` and transformed by
+``torchvision.transforms.v2`` pipelines (:mod:`l0_sparsity.data.transforms`). torchvision (the
+``vision`` extra) is imported when a dataset is built; without it the error names the extra.
+TinyImageNet's labelled ``val`` split is not an ImageFolder tree (one flat folder and an
+annotation file), so its labels are read here, and checked.
 
 Layouts:
 
@@ -19,11 +26,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from l0_sparsity._vision_extra import import_torchvision
 
 from .base import (
     DEFAULT_DATA_ROOT,
@@ -36,7 +45,6 @@ from .transforms import ImageEvalTransform, ImageTrainTransform
 
 __all__ = [
     "IMAGENET_STATS",
-    "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "build_imagenet",
     "build_tinyimagenet",
@@ -44,10 +52,8 @@ __all__ = [
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 """ImageNet per-channel mean/std, also used for TinyImageNet (a subset of ImageNet)."""
-IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"})
-"""File suffixes (lower case) recognized as images."""
-
-ImageTransform = Callable[[Image.Image, "torch.Generator | None"], Tensor]
+ImageTransform = Callable[[Any, "torch.Generator | None"], Tensor]
+ImageLoader = Callable[[str], Any]
 Split = tuple["ImageFileDataset", "ImageFileDataset", DatasetInfo]
 
 
@@ -57,18 +63,21 @@ class ImageFileDataset(Dataset):
     Args:
         samples: ``(path, label)`` pairs.
         classes: Class names; ``classes[label]`` names a label.
-        transform: Maps a PIL RGB image (and an optional generator) to a tensor.
+        transform: Maps a decoded image (and an optional generator) to a tensor.
+        loader: Decodes a file into an RGB image (torchvision's ``default_loader``).
     """
 
     def __init__(
         self,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[str | Path, int]],
         classes: Sequence[str],
         transform: ImageTransform,
+        loader: ImageLoader,
     ) -> None:
         self.samples = list(samples)
         self.classes = list(classes)
         self.transform = transform
+        self.loader = loader
 
     def __len__(self) -> int:
         """Number of images."""
@@ -97,8 +106,7 @@ class ImageFileDataset(Dataset):
             index = key
         path, label = self.samples[index]
         try:
-            with Image.open(path) as handle:
-                image = handle.convert("RGB")
+            image = self.loader(os.fspath(path))
         except OSError as error:
             raise DatasetFormatError(f"cannot decode image {path}: {error}") from error
         return self.transform(image, generator), label, index
@@ -113,23 +121,27 @@ class ImageFileDataset(Dataset):
             The smaller dataset, same classes and transform.
         """
         return ImageFileDataset(
-            [self.samples[i] for i in indices.tolist()], self.classes, self.transform
+            [self.samples[i] for i in indices.tolist()], self.classes, self.transform, self.loader
         )
 
 
-def _list_images(directory: Path) -> list[Path]:
-    with os.scandir(directory) as entries:
-        names = [
-            e.name
-            for e in entries
-            if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-        ]
-    return [directory / name for name in sorted(names)]
+def _scan(
+    dataset: str, directory: Path, label_of: dict[str, int], folder: Any
+) -> list[tuple[str, int]]:
+    """The images under ``directory/<class>/`` (recursively), by torchvision's folder scan."""
+    try:
+        return folder.make_dataset(directory, label_of, extensions=folder.IMG_EXTENSIONS)
+    except FileNotFoundError as error:  # a class folder without a single image
+        raise DatasetFormatError(f"{dataset}: {directory}: {error}") from error
 
 
-def _subdirectories(directory: Path) -> list[str]:
-    with os.scandir(directory) as entries:
-        return sorted(e.name for e in entries if e.is_dir())
+def _classes(dataset: str, directory: Path, folder: Any, hint: str = "") -> list[str]:
+    """The sorted class folders of ``directory`` (torchvision's ``find_classes``)."""
+    try:
+        classes, _ = folder.find_classes(directory)
+    except FileNotFoundError as error:
+        raise DatasetFormatError(f"{dataset}: no class folders in {directory}{hint}") from error
+    return classes
 
 
 def _resolve(root: str | os.PathLike[str] | None, folder: str) -> tuple[Path, Path]:
@@ -186,19 +198,12 @@ def build_tinyimagenet(
             "download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into "
             f"{base}, which then holds tiny-imagenet-200/",
         )
-    classes = _subdirectories(directory / "train")
-    if not classes:
-        raise DatasetFormatError(f"tinyimagenet: no class folders in {directory / 'train'}")
+    folder = import_torchvision("dataset 'tinyimagenet'", "torchvision.datasets.folder")
+    classes = _classes("tinyimagenet", directory / "train", folder)
     label_of = {wnid: label for label, wnid in enumerate(classes)}
-    train_samples: list[tuple[Path, int]] = []
-    for wnid, label in label_of.items():
-        images_dir = directory / "train" / wnid / "images"
-        files = _list_images(images_dir) if images_dir.is_dir() else []
-        if not files:
-            raise DatasetFormatError(f"tinyimagenet: no images in {images_dir}")
-        train_samples += [(path, label) for path in files]
+    train_samples = _scan("tinyimagenet", directory / "train", label_of, folder)
     present = set(os.listdir(directory / "val" / "images"))
-    test_samples: list[tuple[Path, int]] = []
+    test_samples: list[tuple[str | Path, int]] = []
     for number, line in enumerate(annotations.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -212,8 +217,8 @@ def build_tinyimagenet(
     training, evaluation = _transforms(augment, crop_size, resize_size or crop_size)
     info = DatasetInfo("tinyimagenet", len(classes), 3, crop_size, *IMAGENET_STATS)
     train, test = apply_subsets(
-        ImageFileDataset(train_samples, classes, training),
-        ImageFileDataset(test_samples, classes, evaluation),
+        ImageFileDataset(train_samples, classes, training, folder.default_loader),
+        ImageFileDataset(test_samples, classes, evaluation, folder.default_loader),
         subset,
         test_subset,
         subset_seed,
@@ -260,30 +265,25 @@ def build_imagenet(
             "download ILSVRC2012 from https://image-net.org, extract train and val into "
             f"{directory}, and sort val images into one folder per class (val/<wnid>/)",
         )
-    classes = _subdirectories(train_dir)
-    val_classes = _subdirectories(val_dir)
-    if not classes or not val_classes or not set(val_classes) <= set(classes):
+    folder = import_torchvision("dataset 'imagenet'", "torchvision.datasets.folder")
+    classes = _classes("imagenet", train_dir, folder)
+    val_classes = _classes(
+        "imagenet", val_dir, folder, "; a flat val/ must be sorted into val/<wnid>/ folders first"
+    )
+    if not set(val_classes) <= set(classes):
         raise DatasetFormatError(
-            f"imagenet: expected class folders in {train_dir} and a subset of them in {val_dir} "
-            f"(found {len(classes)} and {len(val_classes)}); a flat val/ must be sorted into "
-            "val/<wnid>/ folders first"
+            f"imagenet: the class folders of {val_dir} must be a subset of those of {train_dir}; "
+            f"not in train/: {', '.join(sorted(set(val_classes) - set(classes))[:5])}"
         )
     label_of = {name: label for label, name in enumerate(classes)}
-
-    def scan(split_dir: Path, names: list[str]) -> list[tuple[Path, int]]:
-        samples: list[tuple[Path, int]] = []
-        for name in names:
-            files = _list_images(split_dir / name)
-            if not files:
-                raise DatasetFormatError(f"imagenet: no images in {split_dir / name}")
-            samples += [(path, label_of[name]) for path in files]
-        return samples
-
+    val_labels = {name: label_of[name] for name in val_classes}
+    train_samples = _scan("imagenet", train_dir, label_of, folder)
+    test_samples = _scan("imagenet", val_dir, val_labels, folder)
     training, evaluation = _transforms(augment, crop_size, resize_size)
     info = DatasetInfo("imagenet", len(classes), 3, crop_size, *IMAGENET_STATS)
     train, test = apply_subsets(
-        ImageFileDataset(scan(train_dir, classes), classes, training),
-        ImageFileDataset(scan(val_dir, val_classes), classes, evaluation),
+        ImageFileDataset(train_samples, classes, training, folder.default_loader),
+        ImageFileDataset(test_samples, classes, evaluation, folder.default_loader),
         subset,
         test_subset,
         subset_seed,

@@ -1,4 +1,4 @@
-"""Image transforms written for this package (no torchvision).
+"""Image transforms: batch transforms of our own, and torchvision pipelines for image files.
 
 Two families:
 
@@ -6,20 +6,25 @@ Two families:
   batch: :class:`Normalize`, :class:`RandomCrop` (padding + one ``gather``),
   :class:`RandomHorizontalFlip` (``torch.where``) and :class:`Compose`. Random parameters are drawn
   on the CPU from an explicit :class:`torch.Generator`, so results do not depend on the device.
-* **PIL pipelines** for image-folder datasets: :class:`ImageTrainTransform` (random resized crop
-  + horizontal flip) and :class:`ImageEvalTransform` (resize + center crop), each ending in a
-  normalized ``float32`` tensor.
+* **Per-image pipelines** for image-folder datasets, built from ``torchvision.transforms.v2``
+  (the ``vision`` extra, imported when a pipeline is built): :class:`ImageTrainTransform`
+  (random resized crop + horizontal flip) and :class:`ImageEvalTransform` (resize + center
+  crop), each ending in a normalized ``float32`` tensor. torchvision draws its random parameters
+  from the global torch RNG; given a :class:`torch.Generator`, a pipeline draws one seed from it
+  and runs under :func:`torch.random.fork_rng` seeded with it, so a sample's augmentation is a
+  pure function of that generator and the global RNG is left untouched.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
+
+from l0_sparsity._vision_extra import import_torchvision
 
 from .base import BatchTransform
 
@@ -30,12 +35,7 @@ __all__ = [
     "Normalize",
     "RandomCrop",
     "RandomHorizontalFlip",
-    "center_crop_box",
-    "pil_to_tensor",
-    "random_resized_crop_box",
 ]
-
-Box = tuple[int, int, int, int]
 
 
 class Normalize:
@@ -138,104 +138,43 @@ class Compose:
         return images
 
 
-def pil_to_tensor(image: Image.Image) -> Tensor:
-    """Convert a PIL image to a ``uint8`` tensor ``(C, H, W)`` (RGB images give ``C = 3``).
-
-    Args:
-        image: Any PIL image; modes other than ``L`` and ``RGB`` are converted to ``RGB``.
-
-    Returns:
-        The pixels, channel-first.
-    """
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    channels = 1 if image.mode == "L" else 3
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(image.height, image.width, channels).permute(2, 0, 1).contiguous()
+def _run_seeded(
+    pipeline: Callable[[Any], Tensor], image: Any, generator: torch.Generator | None
+) -> Tensor:
+    """Apply a torchvision pipeline; with ``generator``, under a CPU RNG seeded from it."""
+    if generator is None:
+        return pipeline(image)
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return pipeline(image)
 
 
-def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def _randint(high: int, generator: torch.Generator | None) -> int:
-    """Uniform integer in ``[0, high]``."""
-    return int(torch.randint(0, high + 1, (), generator=generator))
-
-
-def random_resized_crop_box(
-    width: int,
-    height: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-    generator: torch.Generator | None = None,
-    attempts: int = 10,
-) -> Box:
-    """Sample the crop box of Inception-style random-resized-crop augmentation.
-
-    Up to ``attempts`` times: draw an area fraction uniformly from ``scale`` and an aspect ratio
-    log-uniformly from ``ratio``; accept the first box that fits, at a uniform position. If none
-    fits, fall back to the largest centered box whose aspect ratio is clamped into ``ratio``.
-
-    Args:
-        width: Image width.
-        height: Image height.
-        scale: Range of the crop's area as a fraction of the image area.
-        ratio: Range of the crop's width / height.
-        generator: Source of randomness (global RNG if ``None``).
-        attempts: Number of tries before the fallback.
-
-    Returns:
-        ``(left, top, right, bottom)`` in pixels, as PIL expects.
-    """
-    area = width * height
-    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(attempts):
-        target = area * _uniform(scale[0], scale[1], generator)
-        aspect = math.exp(_uniform(log_low, log_high, generator))
-        crop_w = round(math.sqrt(target * aspect))
-        crop_h = round(math.sqrt(target / aspect))
-        if 0 < crop_w <= width and 0 < crop_h <= height:
-            top = _randint(height - crop_h, generator)
-            left = _randint(width - crop_w, generator)
-            return (left, top, left + crop_w, top + crop_h)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        crop_w, crop_h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        crop_w, crop_h = round(height * ratio[1]), height
-    else:
-        crop_w, crop_h = width, height
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return (left, top, left + crop_w, top + crop_h)
-
-
-def center_crop_box(width: int, height: int, size: int) -> Box:
-    """The centered ``size × size`` box (clipped to the image if it is smaller).
-
-    Args:
-        width: Image width.
-        height: Image height.
-        size: Side of the square crop.
-
-    Returns:
-        ``(left, top, right, bottom)``.
-    """
-    crop_w, crop_h = min(size, width), min(size, height)
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return (left, top, left + crop_w, top + crop_h)
+def _to_normalized_tensor(v2: Any, mean: Sequence[float], std: Sequence[float]) -> list[Any]:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ]
 
 
 class ImageTrainTransform:
     """Training pipeline: random resized crop to ``size``, horizontal flip, normalize.
 
+    ``torchvision.transforms.v2``: ``RandomResizedCrop(size, scale, ratio)``,
+    ``RandomHorizontalFlip(flip_p)``, then ``ToImage``, ``ToDtype(float32, scale=True)`` and
+    ``Normalize(mean, std)``.
+
     Args:
         size: Output side (224 for ImageNet, 64 for TinyImageNet).
         mean: Per-channel mean of ``[0, 1]`` pixels.
         std: Per-channel standard deviation.
-        scale: Area range of :func:`random_resized_crop_box`.
-        ratio: Aspect-ratio range of :func:`random_resized_crop_box`.
+        scale: Range of the crop's area as a fraction of the image area.
+        ratio: Range of the crop's width / height.
         flip_p: Probability of a horizontal flip.
+
+    Raises:
+        ImportError: If torchvision is not installed (the message names the ``vision`` extra).
     """
 
     def __init__(
@@ -247,47 +186,46 @@ class ImageTrainTransform:
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
         flip_p: float = 0.5,
     ) -> None:
-        self.size = size
-        self.scale = scale
-        self.ratio = ratio
-        self.flip_p = flip_p
-        self.normalize = Normalize(mean, std)
+        v2 = import_torchvision("ImageTrainTransform", "torchvision.transforms.v2")
+        self.pipeline = v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
+                v2.RandomHorizontalFlip(flip_p),
+                *_to_normalized_tensor(v2, mean, std),
+            ]
+        )
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Tensor:
-        """Transform one RGB image into a normalized ``(3, size, size)`` tensor."""
-        box = random_resized_crop_box(image.width, image.height, self.scale, self.ratio, generator)
-        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
-        if float(torch.rand((), generator=generator)) < self.flip_p:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.normalize(pil_to_tensor(image))
+    def __call__(self, image: Any, generator: torch.Generator | None = None) -> Tensor:
+        """Transform one RGB image (PIL or ``uint8`` tensor) into a ``(3, size, size)`` tensor."""
+        return _run_seeded(self.pipeline, image, generator)
 
 
 class ImageEvalTransform:
     """Evaluation pipeline: resize the shorter side to ``resize``, center-crop ``size``, normalize.
+
+    ``torchvision.transforms.v2``: ``Resize(resize)``, ``CenterCrop(size)``, then ``ToImage``,
+    ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)``.
 
     Args:
         size: Output side.
         resize: Shorter side after resizing (256 for ImageNet's 224 crop; ``size`` for none).
         mean: Per-channel mean of ``[0, 1]`` pixels.
         std: Per-channel standard deviation.
+
+    Raises:
+        ImportError: If torchvision is not installed (the message names the ``vision`` extra).
     """
 
     def __init__(self, size: int, resize: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.size = size
-        self.resize = resize
-        self.normalize = Normalize(mean, std)
+        v2 = import_torchvision("ImageEvalTransform", "torchvision.transforms.v2")
+        self.pipeline = v2.Compose(
+            [
+                v2.Resize(resize, antialias=True),
+                v2.CenterCrop(size),
+                *_to_normalized_tensor(v2, mean, std),
+            ]
+        )
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, image: Any, generator: torch.Generator | None = None) -> Tensor:
         """Transform one RGB image into a normalized ``(3, size, size)`` tensor (no randomness)."""
-        short = min(image.width, image.height)
-        if short != self.resize:
-            factor = self.resize / short
-            new_size = (
-                max(self.resize, round(image.width * factor)),
-                max(self.resize, round(image.height * factor)),
-            )
-            image = image.resize(new_size, Image.Resampling.BILINEAR)
-        image = image.crop(center_crop_box(image.width, image.height, self.size))
-        if image.size != (self.size, self.size):  # the image was smaller than the crop
-            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return self.normalize(pil_to_tensor(image))
+        return self.pipeline(image)

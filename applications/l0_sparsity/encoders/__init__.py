@@ -3,11 +3,14 @@
 * :mod:`~l0_sparsity.encoders.minilm`: the all-MiniLM-L6-v2 encoder and its tokenizer, offline.
 * :mod:`~l0_sparsity.encoders.pooling`: :class:`SentenceEncoder`, a model that maps token ids
   and an attention mask to mean-pooled sentence embeddings.
+* :mod:`~l0_sparsity.encoders.export`: a (purged) encoder as an ONNX file, checked in
+  onnxruntime.
 * :mod:`~l0_sparsity.encoders.agreement`: how close a student's embeddings are to a teacher's
   (mean cosine similarity, nearest-neighbour agreement).
 """
 
 from l0_sparsity.encoders.agreement import EmbeddingAgreement, embedding_agreement
+from l0_sparsity.encoders.export import export_encoder_onnx
 from l0_sparsity.encoders.minilm import load_minilm, minilm_path
 from l0_sparsity.encoders.pooling import SentenceEncoder, mean_pool
 
@@ -15,6 +18,7 @@ __all__ = [
     "EmbeddingAgreement",
     "SentenceEncoder",
     "embedding_agreement",
+    "export_encoder_onnx",
     "load_minilm",
     "mean_pool",
     "minilm_path",

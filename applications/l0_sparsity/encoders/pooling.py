@@ -43,6 +43,7 @@ class SentenceEncoder(nn.Module):
 
     Example:
         >>> import torch
+        >>> from l0_sparsity.encoders import SentenceEncoder
         >>> class Toy(torch.nn.Module):
         ...     def forward(self, input_ids, attention_mask):
         ...         return torch.nn.functional.one_hot(input_ids, 4).float()
@@ -55,8 +56,19 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Sentence embeddings ``(batch, hidden)`` of a tokenized batch."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Sentence embeddings ``(batch, hidden)`` of a tokenized batch.
+
+        Args:
+            input_ids: ``(batch, tokens)`` token ids.
+            attention_mask: ``(batch, tokens)``, 1 for real tokens and 0 for padding; ``None``
+                when no sentence is padded.
+
+        Returns:
+            The mean-pooled embeddings.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         output = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         if isinstance(output, dict):
             output = output["last_hidden_state"]

@@ -2,7 +2,8 @@
 
 One implementation per measure, used by the problem (:mod:`l0_sparsity.problem`), the trainer's
 logs and the reports: density (:mod:`~l0_sparsity.measures.density`) and compute, i.e. the
-purged model's multiply-accumulates and parameters (:mod:`~l0_sparsity.measures.compute`).
+purged model's multiply-accumulates and parameters (:mod:`~l0_sparsity.measures.compute`), and
+its latency on a device, fitted from measurements (:mod:`~l0_sparsity.measures.latency`).
 """
 
 from l0_sparsity.measures.compute import ComputeCost
@@ -12,5 +13,15 @@ from l0_sparsity.measures.density import (
     layer_densities,
     test_density,
 )
+from l0_sparsity.measures.latency import LatencyModel, LatencyRow, default_cache_dir
 
-__all__ = ["ComputeCost", "expected_density", "expected_l2", "layer_densities", "test_density"]
+__all__ = [
+    "ComputeCost",
+    "LatencyModel",
+    "LatencyRow",
+    "default_cache_dir",
+    "expected_density",
+    "expected_l2",
+    "layer_densities",
+    "test_density",
+]

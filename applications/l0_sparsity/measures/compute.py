@@ -18,8 +18,9 @@ purged model's counts to the unit: MACs as ``FlopCounterMode`` FLOPs / 2 of
 :func:`l0_sparsity.purge`'s output, parameters as :func:`~l0_sparsity.purging.count_params` of it.
 
 What the purge does not shrink counts at full width: unstructured gates (the purged weights hold
-zeros but keep their shape), grouped or depthwise convolutions, layers called more than once,
-channels that reach a residual addition (scattered back to full width).
+zeros but keep their shape), grouped convolutions other than depthwise ones, layers called more
+than once, channels that reach a residual addition (scattered back to full width). A depthwise
+convolution counts the filters it keeps: its own gates', or those of the convolution it follows.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from l0_sparsity.measures.bert_cost import bert_terms
 from l0_sparsity.measures.cost_terms import CostTerms, build_terms
 from l0_sparsity.measures.counting import RuleCounts
+from l0_sparsity.nn.bert import holds_bert_gates
 
 __all__ = ["ComputeCost"]
 
@@ -43,7 +46,8 @@ class ComputeCost:
         model: A gated model (see :func:`l0_sparsity.sparsify`); its live ``log α`` are read at
             every call.
         example_input: An input batch, or its shape, at which spatial sizes are measured (its
-            first example is used: MACs are per example).
+            first example is used: MACs are per example). For a BERT-style model with head
+            gates: token ids ``(batch, L)`` or their shape (:mod:`~l0_sparsity.measures.bert_cost`).
 
     Attributes:
         dense_macs: MACs of the dense model (every gate kept), per example.
@@ -76,7 +80,11 @@ class ComputeCost:
     fixed_params: int
 
     def __init__(self, model: nn.Module, example_input: Tensor | tuple[int, ...]) -> None:
-        self._terms: CostTerms = build_terms(model, example_input)
+        self._terms: CostTerms = (
+            bert_terms(model, example_input)
+            if holds_bert_gates(model)
+            else build_terms(model, example_input)
+        )
         self._counts: RuleCounts = self._terms.counts
         self._anchor = next(iter(model.parameters()), None)  # where a constant result goes
         self.dense_macs, self.dense_params = self._at_pattern(1.0)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from torch import nn
 
 from l0_sparsity.nn import GatedBatchNorm2d, GatedLayer, L0Conv2d, L0Linear
+from l0_sparsity.nn.attention import GatedMultiheadAttention
 from l0_sparsity.nn.graph import GatedGraph
 
 __all__ = ["check_gated", "owned_elsewhere"]
@@ -33,10 +34,11 @@ def check_gated(graph: GatedGraph, model: nn.Module) -> None:
     """
     for target in graph.calls:
         module = graph.modules[target]
-        if isinstance(module, GatedLayer) and not isinstance(module, L0Linear | L0Conv2d):
+        known = L0Linear | L0Conv2d | GatedMultiheadAttention
+        if isinstance(module, GatedLayer) and not isinstance(module, known):
             raise ValueError(
                 f"ComputeCost: {target!r} is a {type(module).__name__}; the compute measures "
-                "know how a purge shrinks L0Linear and L0Conv2d only"
+                "know how a purge shrinks L0Linear, L0Conv2d and GatedMultiheadAttention only"
             )
     names = dict(model.named_modules())
     for name, module in names.items():

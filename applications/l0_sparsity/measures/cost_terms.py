@@ -15,9 +15,11 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from l0_sparsity.measures.attention_cost import attention_units
 from l0_sparsity.measures.cost_checks import check_gated, owned_elsewhere
 from l0_sparsity.measures.counting import RuleCounts, rule_layers
 from l0_sparsity.nn import GatedBatchNorm2d, GatedLayer
+from l0_sparsity.nn.attention import GatedMultiheadAttention
 from l0_sparsity.nn.graph import GatedGraph
 from l0_sparsity.nn.structure import PurgeStructure, Width, purge_structure
 
@@ -214,6 +216,13 @@ def _add_layer(
         conv = structure.norms[target]
         rule = structure.outputs.get(conv) if conv is not None else None
         terms.add(target, counts.slot(rule, module.num_features), (0, 1), (0, 2))
+        return
+    if isinstance(module, GatedMultiheadAttention):
+        per_head, constant = attention_units(target, module, node_flops)
+        terms.add(
+            target, counts.slot(structure.outputs[target], module.num_heads), (0, 1), per_head
+        )
+        terms.add(target, (0, 1), (0, 1), (0, constant))
         return
     assert isinstance(module, nn.Linear | nn.Conv2d | GatedLayer)
     weight = module.weight

@@ -12,31 +12,36 @@ name                model (what gets gated)
 ``lenet5``          LeNet-5-Caffe (conv filters, fc input neurons)
 ``resnet18_cifar``  CIFAR ResNet-18, 3×3 stem (every conv inside a residual block)
 ``wrn28_10``        WRN-28-10 (``conv1`` of each block)
-``resnet18``        ImageNet ResNet-18, 7×7 stem (every conv inside a residual block)
-``resnet50``        ImageNet ResNet-50, Bottlenecks (every conv inside a residual block)
+``resnet18``        torchvision ResNet-18, 7×7 stem (every conv inside a residual block)
+``resnet50``        torchvision ResNet-50, Bottlenecks (every conv inside a residual block)
 ==================  ==========================================================================
+
+``resnet18`` and ``resnet50`` need torchvision (the ``vision`` extra), imported when they are
+built (:mod:`l0_sparsity.models.vision`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from l0_sparsity.models.lenet import LeNet5
 from l0_sparsity.models.mlp import MLP
 from l0_sparsity.models.resnet import (
     BasicBlock,
-    Bottleneck,
     ResNet,
     block_conv_names,
     gate_blocks,
     outside_blocks,
 )
+from l0_sparsity.models.vision import mark_residual_blocks, torchvision_resnet
 from l0_sparsity.models.wrn import WideBasicBlock, WideResNet
 from l0_sparsity.nn import SkipSpec, sparsify
 
@@ -44,7 +49,6 @@ __all__ = [
     "MLP",
     "MODELS",
     "BasicBlock",
-    "Bottleneck",
     "LeNet5",
     "ModelEntry",
     "ResNet",
@@ -53,7 +57,9 @@ __all__ = [
     "block_conv_names",
     "build_model",
     "gate_blocks",
+    "mark_residual_blocks",
     "outside_blocks",
+    "torchvision_resnet",
 ]
 
 
@@ -79,18 +85,18 @@ MODELS: dict[str, ModelEntry] = {
     "mlp": ModelEntry(MLP.for_images, droprate_init=0.5),
     "lenet5": ModelEntry(LeNet5, droprate_init=0.5),
     "resnet18_cifar": ModelEntry(
-        functools.partial(ResNet, BasicBlock, (2, 2, 2, 2), stem="cifar"),
+        functools.partial(ResNet, BasicBlock, (2, 2, 2, 2)),
         droprate_init=0.3,
         skip=outside_blocks,
     ),
     "wrn28_10": ModelEntry(WideResNet, droprate_init=0.3, skip=outside_blocks),
     "resnet18": ModelEntry(
-        functools.partial(ResNet, BasicBlock, (2, 2, 2, 2), stem="imagenet"),
+        functools.partial(torchvision_resnet, "resnet18"),
         droprate_init=0.05,
         skip=outside_blocks,
     ),
     "resnet50": ModelEntry(
-        functools.partial(ResNet, Bottleneck, (3, 4, 6, 3), stem="imagenet"),
+        functools.partial(torchvision_resnet, "resnet50"),
         droprate_init=0.05,
         skip=outside_blocks,
     ),
@@ -107,6 +113,7 @@ def build_model(
     droprate_init: float | None = None,
     structured: bool = True,
     gated: bool = True,
+    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Build a registered model by name, gated as its entry says.
@@ -121,6 +128,10 @@ def build_model(
         droprate_init: Initial drop rate of the gates; ``None`` takes the entry's.
         structured: Structured (input-neuron / output-filter) gates, or one gate per weight.
         gated: ``False`` builds the same architecture dense.
+        weights: The dense model's trained ``state_dict``, or a file holding one
+            (``torch.save``), loaded before the gates are added (all keys must match). Start
+            such a model with a small ``droprate_init`` (0.05: every test-time gate is 1) so
+            that the gated model computes the trained one's function.
         **options: Further arguments of the dense builder (``input_size``, ``hidden``,
             ``depth``, ``widen_factor``, ``dropout``, ...).
 
@@ -128,7 +139,7 @@ def build_model(
         The model.
 
     Raises:
-        ValueError: If ``name`` is not registered.
+        ValueError: If ``name`` is not registered, or ``weights`` do not fit the model.
     """
     try:
         entry = MODELS[name]
@@ -141,6 +152,8 @@ def build_model(
     if image_size is not None and "image_size" in inspect.signature(entry.dense).parameters:
         options["image_size"] = image_size
     model = entry.dense(num_classes=num_classes, **options)
+    if weights is not None:
+        _load_dense_weights(model, name, weights)
     if gated:
         sparsify(
             model,
@@ -149,3 +162,20 @@ def build_model(
             skip=entry.skip(model) if entry.skip is not None else None,
         )
     return model
+
+
+def _load_dense_weights(
+    model: nn.Module, name: str, weights: str | os.PathLike[str] | Mapping[str, Tensor]
+) -> None:
+    state = (
+        weights
+        if isinstance(weights, Mapping)
+        else torch.load(os.fspath(weights), map_location="cpu", weights_only=True)
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"weights do not fit model {name!r} (expected the dense model's state_dict with "
+            f"the same num_classes and in_channels): {error}"
+        ) from error

@@ -1,4 +1,7 @@
-"""Residual networks: CIFAR ResNet-18 and ImageNet ResNet-18 / ResNet-50 (He et al., 2016).
+"""Residual networks of our own: CIFAR ResNet-18 (He et al., 2016), and the gating rule.
+
+The ImageNet ResNet-18 / ResNet-50 are torchvision's (:mod:`l0_sparsity.models.vision`); they are
+gated by the same rule, through the ``inner_convs`` their blocks are tagged with.
 
 Gated (:func:`gate_blocks`), every convolution *inside* a residual block gets structured
 output-filter gates, and the BatchNorm after it becomes a
@@ -19,7 +22,6 @@ from l0_sparsity.nn import sparsify
 
 __all__ = [
     "BasicBlock",
-    "Bottleneck",
     "ResNet",
     "block_conv_names",
     "gate_blocks",
@@ -80,67 +82,25 @@ class BasicBlock(nn.Module):
         return F.relu(out + shortcut)
 
 
-class Bottleneck(nn.Module):
-    """1×1 reduce, 3×3 (strided), 1×1 expand (×4), with a residual connection.
-
-    Args:
-        in_planes: Input channels.
-        planes: Bottleneck width; the block outputs ``4 · planes`` channels.
-        stride: Stride of the 3×3 convolution (and of the shortcut).
-    """
-
-    expansion = 4
-    inner_convs: tuple[str, ...] = ("conv1", "conv2", "conv3")
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample = _downsample(in_planes, out_planes, stride)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the block."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + shortcut)
-
-
 class ResNet(nn.Module):
-    """ResNet with four stages of widths 64-128-256-512 (times the block expansion).
+    """CIFAR-style ResNet (3×3 stride-1 stem, no pooling), stages of widths 64-128-256-512.
 
     Args:
-        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        block: The residual block, e.g. :class:`BasicBlock`.
         layers: Number of blocks per stage.
         num_classes: Number of output logits.
         in_channels: Input channels.
-        stem: ``"cifar"`` (3×3 stride-1 conv, no pooling) or ``"imagenet"`` (7×7 stride-2
-            conv and 3×3 stride-2 max pooling).
     """
 
     def __init__(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: type[BasicBlock],
         layers: Sequence[int],
-        num_classes: int = 1000,
+        num_classes: int = 10,
         in_channels: int = 3,
-        stem: str = "imagenet",
     ) -> None:
         super().__init__()
-        if stem == "cifar":
-            self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
-        elif stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        else:
-            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64
         stages = []
@@ -157,7 +117,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the logits for images ``x`` of shape ``(N, C, H, W)``."""
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 

@@ -8,6 +8,7 @@ them jointly (:mod:`~l0_sparsity.nn.gate_set`) → :func:`sparsify`
 (:mod:`~l0_sparsity.nn.sparsifying`), which swaps the layers of a dense model for gated ones.
 """
 
+from l0_sparsity.nn.attention import GatedMultiheadAttention
 from l0_sparsity.nn.base import GatedLayer, gate_parameters, gated_layers, weight_parameters
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
 from l0_sparsity.nn.conv import L0Conv2d
@@ -22,6 +23,7 @@ from l0_sparsity.nn.gates import (
 )
 from l0_sparsity.nn.linear import L0Linear
 from l0_sparsity.nn.sparsifying import GateLeafTracer, SkipSpec, SparsifyReport, sparsify
+from l0_sparsity.nn.transformer import GatedTransformerEncoder, GatedTransformerEncoderLayer
 
 __all__ = [
     "BETA",
@@ -31,6 +33,9 @@ __all__ = [
     "GateSet",
     "GatedBatchNorm2d",
     "GatedLayer",
+    "GatedMultiheadAttention",
+    "GatedTransformerEncoder",
+    "GatedTransformerEncoderLayer",
     "HardConcrete",
     "JointSampling",
     "L0Conv2d",

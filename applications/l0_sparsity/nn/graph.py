@@ -21,6 +21,7 @@ from torch import fx, nn
 
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
 from l0_sparsity.nn.conv import L0Conv2d
+from l0_sparsity.nn.following import is_depthwise
 from l0_sparsity.nn.linear import L0Linear
 from l0_sparsity.nn.sparsifying import GateLeafTracer
 
@@ -180,11 +181,17 @@ class GatedGraph:
                     return users[0]
         return None
 
-    def consumers(self, start: fx.Node, channels: int) -> list[tuple[fx.Node, bool]] | None:
+    def consumers(
+        self, start: fx.Node, channels: int, conv: nn.Module | None = None
+    ) -> list[tuple[fx.Node, bool]] | None:
         """Layers that read ``start``'s channels through zero-preserving ops, or ``None``.
 
         Returns ``(node, flattened)`` pairs: convolutions (``flattened=False``) and linear
-        layers after a channels-major flatten (``True``).
+        layers after a channels-major flatten (``True``). A plain depthwise convolution that
+        outputs zeros for zero inputs
+        (:meth:`~l0_sparsity.nn.graph.GatedGraph.follower_output`) is returned too: it follows the
+        channels of ``conv``, the convolution whose gates decide ``start``'s channels, and the
+        layers reading its output are found by a search of their own from there.
         """
         found: list[tuple[fx.Node, bool]] = []
         stack = [(start, False)]
@@ -204,6 +211,10 @@ class GatedGraph:
                     stack.append((user, flat))
                 elif not flat and _is_flatten(user, self.modules):
                     stack.append((user, True))
+                elif not flat and isinstance(module, nn.Conv2d) and is_depthwise(module):
+                    if self.follower_output(user, channels, conv) is None:
+                        return None
+                    found.append((user, False))
                 elif (
                     not flat
                     and isinstance(module, nn.Conv2d | L0Conv2d)
@@ -222,6 +233,28 @@ class GatedGraph:
                 else:
                     return None
         return found
+
+    def follower_output(
+        self, node: fx.Node, channels: int, conv: nn.Module | None
+    ) -> fx.Node | None:
+        """Where a plain depthwise conv reading ``channels`` outputs zeros for zero inputs.
+
+        Its :class:`~l0_sparsity.nn.GatedBatchNorm2d` applying ``conv``'s gates (set by
+        :func:`~l0_sparsity.nn.sparsify`), or the conv itself when it has no bias; ``None``
+        otherwise (a bias or a plain norm turns the zeros into constants).
+        """
+        module = self.module(node)
+        if type(module) is not nn.Conv2d or module.in_channels != channels:
+            return None
+        if not self.single_call(node):
+            return None
+        users = list(node.users)
+        if len(users) == 1 and conv is not None:
+            norm = self.module(users[0])
+            if isinstance(norm, GatedBatchNorm2d) and norm.gate_layer is conv:
+                if self.single_call(users[0]) and _tensor_args_only(users[0], node):
+                    return users[0]
+        return node if module.bias is None else None
 
     def producer(self, node: fx.Node, features: int) -> fx.Node | None:
         """A linear layer feeding only ``node`` through element-wise ops, if any."""

@@ -13,11 +13,10 @@ sampling (:func:`~l0_sparsity.nn.gate_set.sample_jointly`); and records what it 
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,176 +26,24 @@ from torch import nn
 from l0_sparsity.nn.base import GatedLayer, gated_layers
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
 from l0_sparsity.nn.conv import L0Conv2d
+from l0_sparsity.nn.following import find_followers, gate_follower_norms
 from l0_sparsity.nn.gate_set import sample_jointly
 from l0_sparsity.nn.gates import HardConcrete
 from l0_sparsity.nn.linear import L0Linear
+from l0_sparsity.nn.sparsify_plan import (
+    LayerPlan,
+    SkipSpec,
+    attention_skip_predicate,
+    plan_layers,
+    with_head_gates,
+)
+from l0_sparsity.nn.sparsify_report import SparsifyReport, listed_names
+from l0_sparsity.nn.transformer import AttentionGating, gate_attention
+from l0_sparsity.nn.weight_reads import refuse_weight_reads
 
 __all__ = ["GateLeafTracer", "SkipSpec", "SparsifyReport", "sparsify"]
 
-SkipSpec = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
-"""Layers to leave dense in :func:`sparsify`: glob pattern(s) on qualified names, or a predicate."""
-
 _log = logging.getLogger(__name__)
-
-
-def _skip_patterns(skip: SkipSpec) -> list[str] | None:
-    """The glob patterns of ``skip`` (``None`` for no skip or a predicate), type-checked."""
-    if skip is None or callable(skip):
-        return None
-    patterns = [skip] if isinstance(skip, str) else list(skip)
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(
-                f"sparsify: skip patterns must be strings (glob patterns on layer names), got "
-                f"{pattern!r} ({type(pattern).__name__})"
-            )
-    return patterns
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether ``module`` has hooks of its own, which a gated copy would not carry over."""
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return any(getattr(module, name, None) for name in names)
-
-
-def _not_gateable(module: nn.Module) -> str | None:
-    """Why :func:`sparsify` must leave a weight-bearing ``module`` dense, or ``None``.
-
-    ``None`` for exact ``nn.Linear`` / ``nn.Conv2d`` layers without hooks (the ones it gates),
-    for layers that are already gated, and for layers without weight matrices or kernels
-    (norms, activations, containers). Subclasses of ``nn.Linear`` are not gated either: e.g.
-    ``nn.MultiheadAttention`` reads its ``out_proj`` weight directly, bypassing any gate.
-    """
-    if isinstance(module, GatedLayer | GatedBatchNorm2d):
-        return None
-    if type(module) in (nn.Linear, nn.Conv2d):
-        return f"{type(module).__name__} with hooks" if _hooked(module) else None
-    uninitialized = nn.parameter.UninitializedParameter
-    own = module.parameters(recurse=False)
-    if any(isinstance(p, uninitialized) or p.dim() >= 2 for p in own):
-        return type(module).__name__
-    return None
-
-
-@dataclass(frozen=True)
-class SparsifyReport:
-    """What one :func:`sparsify` call did; stored as ``model.sparsify_report`` and logged.
-
-    Attributes:
-        model: Class name of the model.
-        gated: Qualified names of the layers replaced by gated copies in this call.
-        gated_norms: Names of the ``BatchNorm2d`` layers replaced by :class:`GatedBatchNorm2d`.
-        skipped: Names of the layers that ``skip`` kept dense.
-        not_gateable: ``(name, kind)`` of the layers holding weights that sparsify cannot gate
-            and left dense (e.g. ``nn.MultiheadAttention``, ``nn.Conv1d``, ``nn.Embedding``, a
-            ``Linear`` with hooks); ``skip`` patterns naming them are not counted here.
-        unmatched_patterns: The ``skip`` glob patterns that matched no layer.
-    """
-
-    model: str
-    gated: tuple[str, ...]
-    gated_norms: tuple[str, ...]
-    skipped: tuple[str, ...]
-    not_gateable: tuple[tuple[str, str], ...]
-    unmatched_patterns: tuple[str, ...]
-
-    def summary(self) -> str:
-        """One line listing what was gated, kept dense and left ungated."""
-        parts = [f"sparsify({self.model}): gated {len(self.gated)} layer(s) {_names(self.gated)}"]
-        if self.gated_norms:
-            parts.append(f"BatchNorm2d gated after their conv: {_names(self.gated_norms)}")
-        if self.skipped:
-            parts.append(f"kept dense by skip: {_names(self.skipped)}")
-        if self.not_gateable:
-            listed = _names(tuple(f"{name} ({kind})" for name, kind in self.not_gateable))
-            parts.append(f"left dense, cannot gate: {listed}")
-        if self.unmatched_patterns:
-            parts.append(f"skip patterns matching nothing: {list(self.unmatched_patterns)}")
-        return "; ".join(parts)
-
-
-def _names(names: tuple[str, ...], limit: int = 8) -> str:
-    """``names`` as ``[a, b, ...]``, at most ``limit`` of them shown."""
-    shown = ", ".join(name or "<root>" for name in names[:limit])
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return f"[{shown}{more}]"
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The layers :func:`sparsify` will gate, and what it will report."""
-
-    targets: list[tuple[str, nn.Module]]
-    skipped: tuple[str, ...]
-    not_gateable: tuple[tuple[str, str], ...]
-    unmatched: tuple[str, ...]
-    layer_names: tuple[str, ...]  # what skip patterns may name, for messages
-
-
-def _plan(model: nn.Module, skip: SkipSpec) -> _Plan:
-    """Sort the layers of ``model`` into targets, skipped and not gateable; check ``skip``.
-
-    Raises:
-        ValueError: If a target conv uses a padding mode other than zeros, or if the model has
-            nothing to gate (before anything is modified).
-    """
-    patterns = _skip_patterns(skip)
-
-    def matched(name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
-
-    targets: list[tuple[str, nn.Module]] = []
-    skipped: list[str] = []
-    not_gateable: list[tuple[str, str]] = []
-    named: list[str] = []  # the layers a pattern may name: gateable, gated or not gateable
-    for name, module in model.named_modules():
-        reason = _not_gateable(module)
-        gateable = reason is None and type(module) in (nn.Linear, nn.Conv2d)
-        if gateable or reason is not None or isinstance(module, GatedLayer):
-            named.append(name)
-        if reason is not None:  # only patterns may name these: a predicate sees gateable ones
-            if matched(name):
-                skipped.append(name)
-            else:
-                not_gateable.append((name, reason))
-        elif gateable:
-            if matched(name) or (callable(skip) and skip(name, module)):
-                skipped.append(name)
-            else:
-                targets.append((name, module))
-    unmatched = tuple(
-        p for p in patterns or () if not any(fnmatch.fnmatchcase(n, p) for n in named)
-    )
-    plan = _Plan(targets, tuple(skipped), tuple(not_gateable), unmatched, tuple(named))
-    _check_plan(model, plan)
-    return plan
-
-
-def _check_plan(model: nn.Module, plan: _Plan) -> None:
-    """Warn about unmatched skip patterns; refuse what :func:`sparsify` cannot do, loudly."""
-    kind = type(model).__name__
-    for pattern in plan.unmatched:
-        warnings.warn(
-            f"sparsify({kind}): skip pattern {pattern!r} matched no layer (patterns are globs on "
-            f"qualified names such as {_names(plan.layer_names, 4)})",
-            UserWarning,
-            stacklevel=4,
-        )
-    for name, module in plan.targets:
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise ValueError(
-                f"sparsify({kind}): layer {name!r} uses padding_mode={module.padding_mode!r}, "
-                f"only 'zeros' can be gated; list it in skip= to keep it dense"
-            )
-    if plan.targets or gated_layers(model):
-        return
-    reasons = ["it has no nn.Linear or nn.Conv2d layer"]
-    if plan.skipped:
-        reasons = [f"skip matched every layer it could gate {_names(plan.skipped)}"]
-    if plan.not_gateable:
-        listed = _names(tuple(f"{name} ({how})" for name, how in plan.not_gateable))
-        reasons.append(f"layers it cannot gate: {listed}")
-    raise ValueError(f"sparsify({kind}): nothing to gate: {'; '.join(reasons)}")
 
 
 class GateLeafTracer(torch.fx.Tracer):
@@ -209,17 +56,23 @@ class GateLeafTracer(torch.fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+def _trace(model: nn.Module) -> torch.fx.Graph | None:
+    """``model`` traced with :class:`GateLeafTracer`, or ``None`` if it does not trace."""
+    try:
+        return GateLeafTracer().trace(model)
+    except Exception:  # untraceable model: callers fall back to what the modules show
+        return None
+
+
+def _conv_bn_pairs(model: nn.Module, graph: torch.fx.Graph | None) -> dict[str, str]:
     """Map each Conv2d whose output feeds only a BatchNorm2d to that norm's name.
 
-    Uses torch.fx when the model traces; otherwise looks for adjacent (Conv2d, BatchNorm2d)
+    Reads ``graph`` (the traced model); without one, looks for adjacent (Conv2d, BatchNorm2d)
     entries of ``nn.Sequential`` containers.
     """
     modules = dict(model.named_modules())
     pairs: dict[str, str] = {}
-    try:
-        graph = GateLeafTracer().trace(model)
-    except Exception:  # untraceable model: fall back to nn.Sequential adjacency
+    if graph is None:
         for name, module in modules.items():
             if isinstance(module, nn.Sequential):
                 children = list(module.named_children())
@@ -249,25 +102,86 @@ def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
+@dataclass(frozen=True)
+class _Wiring:
+    """How the layers to gate are connected, read before any of them is replaced."""
+
+    pairs: dict[str, str]  # structured conv -> the BatchNorm2d that is its only consumer
+    followers: dict[str, str]  # depthwise conv -> the conv whose gates it follows
+    modules: dict[str, nn.Module]  # the model's modules, by qualified name
+
+
+def _wiring(model: nn.Module, plan: LayerPlan, structured: bool) -> _Wiring:
+    """Trace ``model``, refuse reads of the weights to gate, pair convs with norms."""
+    graph = _trace(model) if plan.targets else None
+    targets = {name: module for name, module in plan.targets}
+    refuse_weight_reads(type(model).__name__, graph, {**targets, **dict(gated_layers(model))})
+    pairs = _conv_bn_pairs(model, graph) if structured and plan.targets else {}
+    followers = find_followers(graph, targets, pairs) if structured else {}
+    return _Wiring(pairs, followers, dict(model.named_modules()))
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, module)
 
 
-def _report(model: nn.Module, plan: _Plan, norms: tuple[str, ...]) -> SparsifyReport:
+def _replace_layers(
+    model: nn.Module,
+    plan: LayerPlan,
+    wiring: _Wiring,
+    keep_dense: Callable[[str, nn.Module], bool],
+    gating: dict[str, Any],
+) -> tuple[AttentionGating, tuple[str, ...]]:
+    """Gate attention heads, then swap the other planned layers for gated copies.
+
+    Followers and the layers the attention gating claims are left as they are.
+
+    Returns:
+        What :func:`~l0_sparsity.nn.transformer.gate_attention` did, and the names of the
+        ``BatchNorm2d`` layers replaced by :class:`GatedBatchNorm2d`.
+    """
+    attention = gate_attention(
+        model,
+        keep_dense,
+        droprate_init=gating["droprate_init"],
+        distribution=gating["distribution"],
+    )
+    pairs = wiring.pairs
+    norms: list[str] = []
+    for name, module in plan.targets:
+        if name in wiring.followers or name in attention.claimed:
+            continue
+        if isinstance(module, nn.Linear):
+            _set_submodule(model, name, L0Linear.from_dense(module, **gating))
+            continue
+        conv = L0Conv2d.from_dense(module, **gating)
+        _set_submodule(model, name, conv)
+        bn = wiring.modules[pairs[name]] if name in pairs else None
+        if isinstance(bn, nn.BatchNorm2d):
+            _set_submodule(model, pairs[name], GatedBatchNorm2d.from_batchnorm(bn, conv))
+            norms.append(pairs[name])
+    norms += gate_follower_norms(model, wiring.followers, pairs)
+    return attention, tuple(norms)
+
+
+def _report(
+    model: nn.Module, plan: LayerPlan, norms: tuple[str, ...], followers: dict[str, str]
+) -> SparsifyReport:
     """Build, log and (for layers it could not gate) warn about the report of :func:`sparsify`."""
     report = SparsifyReport(
         type(model).__name__,
-        tuple(name for name, _ in plan.targets),
+        tuple(name for name, _ in plan.targets if name not in followers),
         norms,
         plan.skipped,
         plan.not_gateable,
         plan.unmatched,
+        tuple(followers.items()),
     )
     _log.info("%s", report.summary())
     if report.not_gateable:
-        listed = _names(tuple(f"{name} ({how})" for name, how in report.not_gateable))
+        listed = listed_names(tuple(f"{name} ({how})" for name, how in report.not_gateable))
         warnings.warn(
             f"sparsify({report.model}) left {len(report.not_gateable)} layer(s) with weights "
             f"dense because it cannot gate them: {listed}; only exact nn.Linear and nn.Conv2d "
@@ -295,9 +209,19 @@ def sparsify(
     With ``joint_sampling``, each training-mode forward pass of ``model`` then draws the gates
     of all its gated layers in one sample (:func:`~l0_sparsity.nn.gate_set.sample_jointly`).
 
-    Only layers of exactly these two types are gated. Other layers holding weights (e.g.
-    ``nn.MultiheadAttention`` and its projections, ``nn.Conv1d``, ``nn.Embedding``, subclasses
-    of ``nn.Linear``, a ``Linear`` with hooks) are left dense, with a ``UserWarning`` listing
+    A depthwise conv (``groups == in_channels == out_channels``) fed by such a conv-norm pair
+    and followed by a ``BatchNorm2d`` is not gated itself: it follows the gates of the conv
+    feeding it (its norm applies them too, :mod:`~l0_sparsity.nn.following`), so a purge drops
+    its filters with that conv's channels.
+
+    With ``structured``, attention gets one gate per head and transformer encoder layers lose
+    their gate-skipping fast path (:func:`~l0_sparsity.nn.transformer.gate_attention`: for
+    ``nn.MultiheadAttention``, ``nn.TransformerEncoder(Layer)`` and Hugging Face BERT-style
+    blocks; ``skip`` patterns, not predicates, keep an attention layer dense). Otherwise only
+    layers of exactly these two types are gated. Other layers holding weights (e.g.
+    ``nn.MultiheadAttention`` it cannot gate, ``nn.Conv1d``, ``nn.Embedding``, subclasses
+    of ``nn.Linear``, a ``Linear`` with hooks, grouped convs other than depthwise ones, whose
+    filters a purge cannot remove exactly) are left dense, with a ``UserWarning`` listing
     them unless a ``skip`` pattern names them. What was done is stored as
     ``model.sparsify_report`` (a :class:`SparsifyReport`) and logged at INFO level on the
     ``l0_sparsity.nn.sparsifying`` logger.
@@ -321,7 +245,10 @@ def sparsify(
     Raises:
         ValueError: If ``model`` itself is a Linear/Conv2d (wrap it in a container first), if
             it has nothing to gate (no gateable layer, or ``skip`` matches all of them, and no
-            gated layer yet), or if a conv to gate uses non-zero padding. Nothing is modified.
+            gated layer yet), if a conv to gate uses non-zero padding, or if the forward reads
+            a parameter of a layer to gate outside that layer's call (e.g.
+            ``F.conv2d(x, self.conv.weight)``: the read would bypass the gates). Nothing is
+            modified.
         TypeError: If a ``skip`` pattern is not a string.
 
     Example:
@@ -333,26 +260,13 @@ def sparsify(
     """
     if isinstance(model, nn.Linear | nn.Conv2d):
         raise ValueError("sparsify works in place on a container; wrap the layer first")
-    plan = _plan(model, skip)
-    pairs = _conv_bn_pairs(model) if structured and plan.targets else {}
-    modules = dict(model.named_modules())
-    kwargs: dict[str, Any] = {
-        "structured": structured,
-        "droprate_init": droprate_init,
-        "distribution": distribution,
-    }
-    norms: list[str] = []
-    for name, module in plan.targets:
-        if isinstance(module, nn.Linear):
-            _set_submodule(model, name, L0Linear.from_dense(module, **kwargs))
-            continue
-        conv = L0Conv2d.from_dense(module, **kwargs)
-        _set_submodule(model, name, conv)
-        bn = modules[pairs[name]] if name in pairs else None
-        if isinstance(bn, nn.BatchNorm2d):
-            _set_submodule(model, pairs[name], GatedBatchNorm2d.from_batchnorm(bn, conv))
-            norms.append(pairs[name])
+    plan = plan_layers(model, skip)
+    wiring = _wiring(model, plan, structured)
+    gating = dict(structured=structured, droprate_init=droprate_init, distribution=distribution)
+    keep_dense = attention_skip_predicate(skip, structured)
+    attention, norms = _replace_layers(model, plan, wiring, keep_dense, gating)
     if joint_sampling and gated_layers(model):
         sample_jointly(model)
-    model.sparsify_report = _report(model, plan, tuple(norms))  # type: ignore[assignment]
+    report = _report(model, with_head_gates(model, plan, attention), norms, wiring.followers)
+    model.sparsify_report = report  # type: ignore[assignment]
     return model

@@ -17,14 +17,21 @@ The rules, in the order the analysis applies them:
   leave through one node (itself, or its :class:`~l0_sparsity.nn.GatedBatchNorm2d`), keeps its
   :class:`Kept` filters. The layers that read those channels through zero-preserving ops
   (:meth:`~l0_sparsity.nn.graph.GatedGraph.consumers`: ungrouped convolutions, linear layers
-  after a flatten) keep the same input channels; if anything else reads them (a residual
-  addition, a grouped conv, a BatchNorm of its own), they are scattered back to full width;
+  after a flatten) keep the same input channels; a plain depthwise convolution on the way
+  (one that :func:`~l0_sparsity.nn.sparsify` left to follow these gates) keeps the same
+  filters, and so does its norm; if anything else reads them (a residual addition, a grouped
+  or gated depthwise conv, a BatchNorm of its own), they are scattered back to full width;
+* a structured, gated depthwise :class:`~l0_sparsity.nn.L0Conv2d` (``groups == in_channels ==
+  out_channels``) called once keeps its :class:`Kept` filters and picks the matching channels
+  out of its input (``PurgeStructure.picks``); its consumers follow as above;
 * a structured :class:`~l0_sparsity.nn.L0Linear` called once keeps its :class:`Kept` input
   columns and its producer (a linear layer feeding it through element-wise ops) the matching
-  output rows; without a producer it :class:`Picked` its kept features out of its input.
+  output rows; without a producer it :class:`Picked` its kept features out of its input;
+* a :class:`~l0_sparsity.nn.attention.GatedMultiheadAttention` keeps its :class:`Kept` heads
+  (each call is checked by :func:`~l0_sparsity.nn.attention.check_attention_call`).
 
-Everything else keeps its width: unstructured or grouped (depthwise) layers, layers called more
-than once, ungated layers no rule names.
+Everything else keeps its width: unstructured layers, grouped convolutions other than depthwise
+ones, layers called more than once, ungated layers no rule names.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from dataclasses import dataclass, field
 
 from torch import fx, nn
 
+from l0_sparsity.nn.attention import GatedMultiheadAttention, check_attention_call
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
 from l0_sparsity.nn.conv import L0Conv2d
+from l0_sparsity.nn.following import is_depthwise
 from l0_sparsity.nn.graph import GatedGraph
 from l0_sparsity.nn.linear import L0Linear
 
@@ -83,14 +92,18 @@ class PurgeStructure:
         scatters: ``(node, conv)``: the node carries the kept filters of the conv (target),
             scattered back to full width with zeros.
         norms: Target of each :class:`~l0_sparsity.nn.GatedBatchNorm2d` the graph calls → target
-            of the convolution whose gates it applies (it keeps the rows of that conv's output
-            rule), or ``None`` if that conv is not a submodule of the model (all rows stay).
+            of the convolution whose gates it applies, when the norm keeps the rows of that
+            conv's output rule (it follows the conv, or a depthwise conv that follows it), or
+            ``None`` when all its rows stay.
+        picks: The input channels each gated depthwise convolution picks from its input with
+            ``index_select`` (its own kept filters).
     """
 
     outputs: dict[str, Kept] = field(default_factory=dict)
     inputs: dict[str, Width] = field(default_factory=dict)
     scatters: list[tuple[fx.Node, str]] = field(default_factory=list)
     norms: dict[str, str | None] = field(default_factory=dict)
+    picks: dict[str, Kept] = field(default_factory=dict)
 
 
 def purge_structure(graph: GatedGraph) -> PurgeStructure:
@@ -113,29 +126,55 @@ def purge_structure(graph: GatedGraph) -> PurgeStructure:
         module = graph.module(node)
         if isinstance(module, L0Linear):
             _read_linear(graph, structure, node, module)
-    layers = {id(m): t for t, m in graph.modules.items() if isinstance(m, L0Conv2d)}
+    for node in nodes:
+        if isinstance(graph.module(node), GatedMultiheadAttention):
+            check_attention_call(str(node.target), node)
+            structure.outputs[str(node.target)] = Kept(str(node.target))  # its kept heads
     for target in graph.calls:
-        norm = graph.modules[target]
-        if isinstance(norm, GatedBatchNorm2d):
-            structure.norms[target] = layers.get(id(norm.gate_layer))
+        if isinstance(graph.modules[target], GatedBatchNorm2d):
+            structure.norms.setdefault(target, None)
     return structure
 
 
 def _read_conv(graph: GatedGraph, structure: PurgeStructure, node: fx.Node, conv: L0Conv2d) -> None:
     """The conv keeps its filters; its consumers the same channels, or they are scattered back."""
-    if not conv.structured or conv.groups != 1 or not graph.single_call(node):
+    depthwise = is_depthwise(conv)
+    if not conv.structured or not (conv.groups == 1 or depthwise):
         return
-    out = graph.output_node(node, conv)
+    out = graph.output_node(node, conv) if graph.single_call(node) else None
     if out is None:
         return
     target = str(node.target)
     structure.outputs[target] = Kept(target)
-    users = graph.consumers(out, conv.out_channels)
+    if depthwise:
+        structure.picks[target] = Kept(target)
+    if out is not node:
+        structure.norms[str(out.target)] = target
+    _read_channels(graph, structure, out, conv, target)
+
+
+def _read_channels(
+    graph: GatedGraph, structure: PurgeStructure, out: fx.Node, conv: L0Conv2d, target: str
+) -> None:
+    """The layers reading the conv's channels from ``out`` keep them, or they are scattered back.
+
+    A plain depthwise conv on the way keeps the same filters (and its norm the same channels);
+    the layers reading its output are read the same way, from there.
+    """
+    users = graph.consumers(out, conv.out_channels, conv)
     if users is None:
         structure.scatters.append((out, target))
         return
     for user, flat in users:
         module = graph.module(user)
+        if isinstance(module, nn.Conv2d) and is_depthwise(module):
+            structure.outputs[str(user.target)] = Kept(target)
+            after = graph.follower_output(user, conv.out_channels, conv)
+            assert after is not None
+            if after is not user:
+                structure.norms[str(after.target)] = target
+            _read_channels(graph, structure, after, conv, target)
+            continue
         repeat = 1
         if flat:
             assert isinstance(module, nn.Linear | L0Linear)

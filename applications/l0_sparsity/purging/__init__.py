@@ -29,18 +29,28 @@ makes), :mod:`~l0_sparsity.purging.plan` (what each layer keeps at the test-time
 :mod:`~l0_sparsity.purging.shrink` (the smaller plain modules),
 :mod:`~l0_sparsity.purging.rewrite` (:func:`purge` itself: swap them in, rewrite the graph);
 then :mod:`~l0_sparsity.purging.report` (parameters, FLOPs, :class:`PurgeReport`) and
-:mod:`~l0_sparsity.purging.exporting` (:func:`export`, to a ``torch.export`` file).
+:mod:`~l0_sparsity.purging.exporting` (:func:`export`, to a ``torch.export`` file;
+:func:`export_onnx`, to an ONNX file checked in onnxruntime; :func:`measure_latency`).
 """
 
-from l0_sparsity.purging.exporting import export, save_purged
+from l0_sparsity.purging.exporting import (
+    Latency,
+    export,
+    export_onnx,
+    measure_latency,
+    save_purged,
+)
 from l0_sparsity.purging.report import PurgeReport, count_flops, count_params, purge_report
 from l0_sparsity.purging.rewrite import purge
 
 __all__ = [
+    "Latency",
     "PurgeReport",
     "count_flops",
     "count_params",
     "export",
+    "export_onnx",
+    "measure_latency",
     "purge",
     "purge_report",
     "save_purged",

@@ -28,10 +28,11 @@ class PurgePlan:
     """Index bookkeeping of a purge, keyed by module target.
 
     Attributes:
-        keep_out: Output rows / filters each layer keeps.
+        keep_out: Output rows / filters each layer keeps (channels, for a gated norm).
         keep_in: Input columns / channels each layer keeps.
         select: Positions of the features a linear layer picks from its (already sliced) input
-            with ``index_select``, where no producer can drop them.
+            with ``index_select``, where no producer can drop them; for a gated depthwise
+            convolution, the input channels it keeps.
         scatter: ``(node, src)``: the node's kept channels are scattered back to full width
             with zeros (``index_select(pad(x), 1, src)``).
     """
@@ -57,6 +58,13 @@ def plan_purge(graph: GatedGraph) -> PurgePlan:
         keep = _kept_indices(graph, rule)
         if keep is not None:
             plan.keep_out[target] = keep
+    for norm, conv in structure.norms.items():
+        if conv is not None and conv in plan.keep_out:
+            plan.keep_out[norm] = plan.keep_out[conv]
+    for target, rule in structure.picks.items():
+        keep = _kept_indices(graph, rule)
+        if keep is not None:
+            plan.select[target] = keep
     for node, conv in structure.scatters:
         keep = _kept_indices(graph, Kept(conv))
         if keep is not None:

@@ -16,14 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from l0_sparsity.nn import GatedBatchNorm2d
+from l0_sparsity.nn.bert import holds_bert_gates
 from l0_sparsity.nn.graph import GatedGraph
+from l0_sparsity.purging.bert import purge_bert
 from l0_sparsity.purging.plan import PurgePlan, plan_purge
 from l0_sparsity.purging.shrink import shrunk, shrunk_norm
 
 __all__ = ["purge"]
 
 
-def purge(model: nn.Module) -> fx.GraphModule:
+def purge(model: nn.Module) -> nn.Module:
     """Build a physically smaller dense model from a trained gated model.
 
     Groups whose test-time gate is 0 are removed, the remaining gates are folded into the
@@ -32,16 +34,21 @@ def purge(model: nn.Module) -> fx.GraphModule:
     modified.
 
     Args:
-        model: A model containing gated layers; it must be traceable with torch.fx.
+        model: A model containing gated layers; it must be traceable with torch.fx, unless it
+            holds BERT-style blocks with head gates, which are purged block by block
+            (:func:`~l0_sparsity.purging.bert.purge_bert`: a copy of the model's own classes).
 
     Returns:
         A :class:`torch.fx.GraphModule` in eval mode, made of plain torch modules and ops, whose
         output equals ``model.eval()``'s output up to float rounding. It pickles without this
-        package (``torch.save``; reload with ``torch.load(path, weights_only=False)``).
+        package (``torch.save``; reload with ``torch.load(path, weights_only=False)``). For a
+        head-gated BERT-style model: a smaller copy of it, in eval mode, with plain layers.
 
     Raises:
         ValueError: If the model cannot be traced.
     """
+    if holds_bert_gates(model):
+        return purge_bert(model)
     graph = GatedGraph(model)
     nodes = list(graph.gm.graph.nodes)
     plan = plan_purge(graph)
@@ -62,8 +69,7 @@ def _replacement(graph: GatedGraph, plan: PurgePlan, target: str) -> nn.Module |
     """The plain, sliced replacement of the module at ``target`` (``None``: it stays)."""
     module = graph.modules[target]
     if isinstance(module, GatedBatchNorm2d):
-        conv_target = next((t for t, m in graph.modules.items() if m is module.gate_layer), None)
-        return shrunk_norm(module, plan.keep_out.get(conv_target) if conv_target else None)
+        return shrunk_norm(module, plan.keep_out.get(target))
     return shrunk(module, plan.keep_out.get(target), plan.keep_in.get(target))
 
 
@@ -93,14 +99,15 @@ def _insert_scatters(gm: fx.GraphModule, plan: PurgePlan, names: Iterator[str]) 
 def _insert_selects(
     gm: fx.GraphModule, nodes: list[fx.Node], plan: PurgePlan, names: Iterator[str]
 ) -> None:
-    """Make each planned linear layer pick its kept features from its input."""
+    """Make each planned layer pick its kept features (depthwise convs: channels) from its input."""
     graph = gm.graph
     for node in nodes:
         positions = plan.select.get(str(node.target)) if node.op == "call_module" else None
         if positions is None:
             continue
+        dim = 1 if isinstance(gm.get_submodule(str(node.target)), nn.Conv2d) else -1
         name = _index_buffer(gm, names, positions)
         with graph.inserting_before(node):
             index = graph.get_attr(name)
-            picked = graph.call_function(torch.index_select, (node.args[0], -1, index))
+            picked = graph.call_function(torch.index_select, (node.args[0], dim, index))
         node.args = (picked, *node.args[1:])

@@ -85,15 +85,27 @@ def _filled(out: _Layer, weight: Tensor, bias: Tensor | None, training: bool) ->
 
 
 def _slice_conv(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None) -> nn.Conv2d:
+    """``conv`` keeping ``keep_out`` filters and ``keep_in`` input channels.
+
+    A depthwise conv keeps input channel ``c`` with filter ``c`` (``keep_in`` must be ``None``);
+    any other grouped conv is refused.
+    """
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    if conv.groups > 1 and (not depthwise or keep_in is not None):
+        raise ValueError(
+            f"purge: cannot slice a grouped Conv2d (groups={conv.groups}, {conv.in_channels} -> "
+            f"{conv.out_channels} channels) by channel; only depthwise filters can be dropped"
+        )
     weight, bias = _sliced(conv, keep_out, keep_in)
+    groups = weight.shape[0] if depthwise else 1
     out = nn.Conv2d(
-        weight.shape[1],
+        weight.shape[1] * groups,
         weight.shape[0],
         conv.kernel_size,  # type: ignore[arg-type]
         conv.stride,  # type: ignore[arg-type]
         conv.padding,  # type: ignore[arg-type]
         conv.dilation,  # type: ignore[arg-type]
-        1,
+        groups,
         bias is not None,
         device=weight.device,
         dtype=weight.dtype,

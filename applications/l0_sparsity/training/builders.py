@@ -13,10 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from l0_sparsity.budget_measures import unwrapped
 from l0_sparsity.data import DATASETS, DatasetInfo, build_datasets, dataset_options
+from l0_sparsity.measures import LatencyModel
 from l0_sparsity.models import build_model
 from l0_sparsity.nn import gated_layers
 from l0_sparsity.problem import SparsityProblem
+from l0_sparsity.purging import purge
 from l0_sparsity.training.config import TrainConfig
 
 __all__ = ["example_batch", "load_datasets", "make_model", "make_problem"]
@@ -51,7 +54,8 @@ def make_model(config: TrainConfig, info: DatasetInfo) -> nn.Module:
     """The gated ``config.model`` for the data ``info`` describes, on the CPU.
 
     Args:
-        config: The run's settings (``model``, ``droprate_init``, ``structured``).
+        config: The run's settings (``model``, ``droprate_init``, ``structured``,
+            ``weights``).
         info: The dataset's classes, channels and image size.
 
     Returns:
@@ -67,6 +71,7 @@ def make_model(config: TrainConfig, info: DatasetInfo) -> nn.Module:
         image_size=info.image_size,
         droprate_init=config.droprate_init,
         structured=config.structured,
+        weights=config.weights,
     )
 
 
@@ -78,7 +83,9 @@ def make_problem(
     Model-wise: expected density at most ``config.target``; layer-wise: one constraint per gated
     layer (a single value of ``config.layer_targets`` applies to every layer); penalized: no
     constraint, ``config.penalty`` times the density added to the loss; budget-only: no density
-    term. Each compute budget (``macs_target``, ``params_target``) adds its constraint.
+    term. Each compute budget (``macs_target``, ``params_target``, ``latency_target``) adds its
+    constraint; a latency budget first measures (or reads from the cache) the model's
+    :class:`~l0_sparsity.measures.LatencyModel` at batch ``config.batch_size``.
 
     Args:
         config: The run's settings (:attr:`~TrainConfig.mode` and its value, the budgets,
@@ -97,8 +104,11 @@ def make_problem(
     options: dict[str, Any] = {
         "weight_decay": config.weight_decay,
         "example_input": example_input,
+        "strict_budgets": config.strict_budgets,
         **{f"{name}_target": value for name, value in config.budgets.items()},
     }
+    if config.latency_target is not None and example_input is not None:
+        options["latency_model"] = _latency_model(config, model, example_input)
     if config.mode == "penalized":
         return SparsityProblem(model, penalty=config.penalty, **options)
     if config.mode == "layer-wise":
@@ -109,6 +119,28 @@ def make_problem(
     if config.mode == "budget-only":
         return SparsityProblem(model, **options)
     return SparsityProblem(model, target=config.target, **options)
+
+
+def _latency_model(
+    config: TrainConfig, model: nn.Module, example_input: Tensor | Sequence[int]
+) -> LatencyModel:
+    """The latency model of ``model`` at batch ``config.batch_size``, measured or cached."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise ValueError(
+            "latency_target is not supported in a distributed run: each rank would fit its own "
+            "latency model, and the ranks' latency constraints would differ"
+        )
+    shape = example_input.shape if isinstance(example_input, Tensor) else example_input
+    device = example_input.device if isinstance(example_input, Tensor) else None
+    with torch.random.fork_rng(devices=[]):  # measuring must not move the run's random streams
+        return LatencyModel(
+            unwrapped(model),
+            (config.batch_size, *tuple(shape)[1:]),
+            purge=purge,
+            device=device,
+            threads=config.threads or torch.get_num_threads(),
+            progress=config.progress,
+        )
 
 
 def example_batch(info: DatasetInfo, device: torch.device | str = "cpu") -> Tensor:

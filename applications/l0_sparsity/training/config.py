@@ -33,7 +33,11 @@ MODE_FIELDS: Mapping[str, str] = {
 
 The fourth mode, ``"budget-only"``, has no density term and no field: only compute budgets
 (:data:`BUDGET_FIELDS`) constrain the run."""
-BUDGET_FIELDS: Mapping[str, str] = {"macs": "macs_target", "params": "params_target"}
+BUDGET_FIELDS: Mapping[str, str] = {
+    "macs": "macs_target",
+    "params": "params_target",
+    "latency": "latency_target",
+}
 """The field that holds each compute budget's target, by the budget's constraint name."""
 
 
@@ -88,6 +92,9 @@ class TrainConfig:
         weight_decay: Coefficient of the expected L2 loss term on gated weights.
         droprate_init: Initial drop rate of the gates.
         structured: Structured (neuron/filter) gates; otherwise one gate per weight.
+        weights: A file with the dense model's trained ``state_dict`` (``torch.save``), loaded
+            before the gates are added, to fine-tune from pretrained weights (preset
+            ``fashion_resnet18_pretrained``). ``None`` starts from random weights.
         target: Model-wise target density, used when ``layer_targets`` and ``penalty`` are
             unset. ``None`` with neither leaves only the compute budgets (on the command line:
             a budget flag without a mode flag). On the command line ``--target``,
@@ -105,6 +112,14 @@ class TrainConfig:
         params_target: Budget on the purged model's parameters, as a fraction of the dense
             model's (a constraint on their expectation over the gates). It combines like
             ``macs_target``.
+        latency_target: Budget on the purged model's latency, as a fraction of the dense
+            model's, at batch ``batch_size`` on the run's device and ``threads``. A latency
+            model (:class:`~l0_sparsity.measures.LatencyModel`) is measured at the start of
+            the run and cached (``$L0_SPARSITY_CACHE``, else ``~/.cache/l0_sparsity``). It
+            combines like ``macs_target``.
+        strict_budgets: Make the budgets proxy constraints: their multipliers follow the
+            purged model's fractions at the test-time gates, their expectations drive the
+            gates (closes the gap between expected and purged MACs).
         dual_restarts: Reset multipliers of satisfied constraints (Gallego-Posada et al., 2022).
         seed: Seed of initialization, data order and gate noise.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
@@ -154,11 +169,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     droprate_init: float = 0.5
     structured: bool = True
+    weights: str | None = None
     target: float | None = 0.35
     layer_targets: tuple[float, ...] = ()
     penalty: float | None = None
     macs_target: float | None = None
     params_target: float | None = None
+    latency_target: float | None = None
+    strict_budgets: bool = False
     dual_restarts: bool = True
     seed: int = 0
     device: str = "auto"
@@ -298,14 +316,18 @@ def _budget_checks(config: TrainConfig) -> list[tuple[bool, str]]:
             value is None or 0 < value <= 1,
             f"{field} must be a fraction of the dense model's {what} in (0, 1], got {value}",
         )
-        for field, what in (("macs_target", "MACs"), ("params_target", "parameters"))
+        for field, what in (
+            ("macs_target", "MACs"),
+            ("params_target", "parameters"),
+            ("latency_target", "latency"),
+        )
         for value in [getattr(config, field)]
     ]
     checks.append(
         (
             config.mode != "budget-only" or bool(config.budgets),
             "nothing to train to: give a target density (target or layer_targets), a penalty "
-            "or a compute budget (macs_target, params_target)",
+            "or a compute budget (macs_target, params_target, latency_target)",
         )
     )
     return checks

@@ -106,7 +106,9 @@ def compute_metrics(problem: SparsityProblem) -> dict[str, float]:
     Returns:
         ``expected_macs``, ``purged_macs``, ``expected_params``, ``purged_params`` (fractions
         of the dense model's; the purged ones at the test-time gates, as the purged model has
-        them), then ``<budget>_target`` for each budget the problem constrains.
+        them); with a latency model ``expected_latency`` and ``purged_latency`` (the purged
+        model's latency measured now, interleaved with the dense model's); then
+        ``<budget>_target`` for each budget the problem constrains.
     """
     with torch.no_grad():
         expected = problem.expected_compute()
@@ -115,6 +117,9 @@ def compute_metrics(problem: SparsityProblem) -> dict[str, float]:
     for name in ("macs", "params"):
         row[f"expected_{name}"] = float(expected[name])
         row[f"purged_{name}"] = purged[name]
+    if problem.latency_model is not None:
+        row["expected_latency"] = float(expected["latency"])
+        row["purged_latency"] = problem.latency_model.measured_fraction()
     row.update({f"{name}_target": value for name, value in problem.budgets.items()})
     return row
 
@@ -249,8 +254,12 @@ class MetricsLogger:
         return out
 
     def _plot_compute(self, axis: Any, epochs: list[int]) -> None:
-        """Expected and purged MACs and parameters, each budget's target dashed in its colour."""
-        for name, colour in (("macs", "tab:blue"), ("params", "tab:orange")):
+        """Expected and purged MACs, parameters and latency, each budget's target dashed."""
+        for name, colour in (
+            ("macs", "tab:blue"),
+            ("params", "tab:orange"),
+            ("latency", "tab:red"),
+        ):
             for kind, style in (("expected", "-"), ("purged", ":")):
                 key = f"{kind}_{name}"
                 values = [_float(row.get(key)) for row in self.rows]

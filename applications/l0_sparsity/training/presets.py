@@ -9,6 +9,15 @@ decayed ×0.2 at epochs 60/120/160 over 200 epochs, batch 128, weight decay 5e-4
 loss term, gates' learning rate 6.0 (never decayed), dual SGD with learning rate 7e-4 and dual
 restarts, initial drop rate 0.3 (0.05 on ImageNet). The CPU preset ``mnist_mlp`` is the small-scale
 experiment: MLP 784-300-100-10 on MNIST-5k, Adam 7e-4 (weights) / 5e-3 (gates), dual 5e-3.
+
+``fashion_resnet18_pretrained`` is the fine-tuning recipe for a model that is already trained
+(torchvision ResNet-18 on Fashion-MNIST, as ``benchmarks/l0_pretrained_torchvision.py`` runs it):
+initial drop rate 0.05, so that every test-time gate starts at exactly 1 and the gated model
+computes the dense one's function; weights at a tenth of the from-scratch learning rate
+(Adam 1e-4, not decayed); gates at 5e-2 so that they can cross from ``log α ≈ 2.9`` to the
+closing threshold within the run; one MACs budget of 0.5 from the first step (no schedule: the
+multiplier grows while the budget is violated, and dual restarts release it once met); the
+BatchNorm statistics re-estimated with the test-time gates at the end.
 """
 
 from __future__ import annotations
@@ -67,6 +76,21 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         "dual_lr": 0.3,
         "droprate_init": 0.3,
         "target": 0.5,
+        "bn_recalibration": 20,
+    },
+    "fashion_resnet18_pretrained": {
+        "model": "resnet18",
+        "dataset": "fashion_mnist",
+        "epochs": 3,
+        "subset": 5000,
+        "test_subset": 2000,
+        "batch_size": 64,
+        "lr": 1e-4,
+        "gates_lr": 5e-2,
+        "dual_lr": 0.5,
+        "droprate_init": 0.05,
+        "target": None,
+        "macs_target": 0.5,
         "bn_recalibration": 20,
     },
     "cifar10_wrn": {"model": "wrn28_10", "dataset": "cifar10", **_GPU_RECIPE},

@@ -1,0 +1,36 @@
+"""2 CPU processes for the DDP tests: the launch (torch.distributed.run), the scripts' shutdown."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from accelerate import Accelerator
+
+
+def run_on_two_processes(script: Path, *args: str, timeout: int = 300) -> None:
+    """Run ``script args`` on 2 processes of one thread each; fail with its stderr if it fails."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        command, cwd=script.parent, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def shut_down(accelerator: Accelerator) -> None:
+    """End a script's run cleanly: wait for every rank, end training, free the process group."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,115 @@
+"""Distilling a sentence encoder to a MACs budget: the problem, the export, a smoke run."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import onnxruntime
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from l0_sparsity.encoders import SentenceEncoder, export_encoder_onnx
+from l0_sparsity.encoders.distillation import DistillationProblem
+from l0_sparsity.encoders.training import DistillConfig, distill_minilm
+from l0_sparsity.nn import sparsify
+from l0_sparsity.purging import purge
+
+torch.set_num_threads(1)
+
+
+def tiny_encoder(seed: int = 0) -> SentenceEncoder:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    return SentenceEncoder(BertModel(config, add_pooling_layer=False).eval())
+
+
+def gated_student() -> SentenceEncoder:
+    return sparsify(tiny_encoder(), droprate_init=0.07, skip="encoder.embeddings.*")
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1, 100, (3, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    return ids, mask
+
+
+def test_the_loss_is_the_cosine_distance_and_the_budget_a_constraint() -> None:
+    student = gated_student()
+    problem = DistillationProblem(student, macs_target=0.5, example_input=(1, 16))
+    teacher = tiny_encoder().eval()
+    with torch.no_grad():
+        targets = teacher(*batch())
+    student.eval()
+    state = problem.evaluate(batch(), targets)
+    # Every test-time gate starts at 1: the student starts as the teacher.
+    assert float(state.loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert float(state.extras["cosine"]) == pytest.approx(1.0, abs=1e-6)
+    (macs,) = state.constraints.values()
+    expected = problem.expected_compute()["macs"].detach()
+    assert float(macs.detach()) == pytest.approx(float(expected) - 0.5)
+
+
+def test_bad_inputs_are_named() -> None:
+    problem = DistillationProblem(gated_student(), target=0.5)
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="input_ids, attention_mask"):
+        problem.evaluate(ids, torch.zeros(3, 32))
+    with pytest.raises(ValueError, match="teacher's"):
+        problem.evaluate((ids, mask), torch.zeros(3, 7))
+
+
+def test_the_purged_encoder_exports_to_onnx_with_its_mask(tmp_path: Path) -> None:
+    student = gated_student()
+    with torch.no_grad():
+        for layer in student.modules():
+            if hasattr(layer, "log_alpha"):
+                layer.log_alpha[::2] = -10.0  # half of the heads and FFN units dead
+    student.eval()
+    purged = SentenceEncoder(purge(student.encoder))
+    ids, mask = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(purged(ids, mask), student(ids, mask), rtol=1e-5, atol=1e-5)
+    path = export_encoder_onnx(purged, tmp_path / "encoder.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (embeddings,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    torch.testing.assert_close(torch.from_numpy(embeddings), purged(ids, mask).detach())
+
+
+@pytest.mark.slow
+def test_a_smoke_distillation_of_the_pretrained_minilm_runs_and_reports() -> None:
+    result = distill_minilm(DistillConfig(epochs=1), progress=None, max_batches=2)
+    (row,) = result.history
+    assert {"loss", "cosine", "expected_macs", "test_macs", "macs_multiplier"} <= set(row)
+    assert row["macs_multiplier"] > 0  # the budget 0.5 is violated at the start
+    assert 0.9 < result.agreement.mean_cosine <= 1.0
+    assert result.agreement.sentences == sum(len(ids) for ids, _ in result.heldout_batches)
+    assert copy.deepcopy(result.problem.test_compute())["macs"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--macs-target", "2"], "--macs-target must be in (0, 1]"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--onnx", "/no/such/dir/x.onnx"], "its directory does not exist"),
+    ],
+)
+def test_distill_cli_user_errors_are_one_line_and_exit_2(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from l0_sparsity.cli import main
+
+    assert main(["distill", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
