@@ -4,25 +4,37 @@ For each MACs target τ (a fraction of the dense encoder's MACs at ``--budget-le
 :func:`l0_sparsity.encoders.distill_minilm` trains a gated copy of all-MiniLM-L6-v2 (one gate per
 attention head and per FFN unit) to match the frozen teacher's sentence embeddings on the
 help-topic sentences, then :func:`l0_sparsity.purge` removes the dead heads and units. Printed
-per target, in one table:
+per target and method, in one table:
 
 * the purged encoder's MACs as a fraction of the dense one's (exact: the count of the purged
   model at the test-time gates) and its parameters; goal: within ±0.02 of τ;
 * on the held-out sentences: mean (and smallest) cosine similarity to the teacher's embeddings
   (goal ≥ 0.95 at τ = 0.5) and nearest-neighbour agreement (goal ≥ 90 % at τ = 0.5);
 * onnxruntime latency of the purged encoder against the dense one, measured in the same run on
-  the same input (batch ``--latency-batch``, ``--budget-length`` tokens); goal ≥ 1.6× at τ = 0.5.
+  the same input (batch ``--latency-batch``, ``--budget-length`` tokens); goal ≥ 1.6× at τ = 0.5;
+* ``train_min``: minutes of training (distillation, fine-tuning; the magnitude selection's
+  seconds for ``magnitude``).
 
-Run (about 10–20 minutes per target on 2 cores; ``--quick`` for a smoke run)::
+The ``method`` column is ``l0`` (the distillation). With ``--baselines`` each target also gets
+one-shot magnitude pruning to the same MACs (:mod:`l0_sparsity.encoders.magnitude`: the same
+fraction of heads and of FFN units, lowest weight norms over all layers first, purged MACs at
+most τ): ``magnitude`` without fine-tuning, and ``magnitude+ft`` with the purged student's
+weights fine-tuned on the same sentences, loss, epochs, batches, learning rate and batch order
+as the distillation. Every method of a target is measured the same way, its ONNX latencies
+interleaved with the dense encoder's in one run.
+
+Run (about 10–20 minutes per target on 2 cores, the fine-tuning about as long again;
+``--quick`` for a smoke run)::
 
     python benchmarks/minilm_budget.py [--targets 0.5 0.3] [--epochs 8] [--threads 2]
         [--latency-batch 32] [--budget-length 128] [--repeats 10] [--set FIELD=VALUE ...]
-        [--quick]
+        [--baselines] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import statistics
@@ -32,9 +44,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from l0_sparsity.encoders import SentenceEncoder, embedding_agreement, export_encoder_onnx
-from l0_sparsity.encoders.training import DistillConfig, distill_minilm, embed
+from l0_sparsity.data.text import help_topic_sentences, split_sentences
+from l0_sparsity.encoders import (
+    SentenceEncoder,
+    embedding_agreement,
+    export_encoder_onnx,
+    finetune_encoder,
+    load_minilm,
+    magnitude_prune,
+)
+from l0_sparsity.encoders.training import (
+    DistillConfig,
+    DistillResult,
+    _training_data,
+    distill_minilm,
+    embed,
+)
+from l0_sparsity.nn import sparsify
 from l0_sparsity.purging import count_params, purge
 
 
@@ -64,34 +92,103 @@ def onnx_latencies(
     return [1e3 * statistics.median(bucket) for bucket in times]
 
 
-def _row(target: float, config: DistillConfig, args: argparse.Namespace, tmp: Path) -> dict:
+@dataclasses.dataclass
+class Candidate:
+    """One purged encoder of a target: how it was made, its exact MACs, its training time."""
+
+    method: str
+    model: nn.Module
+    macs: float
+    seconds: float
+
+
+def distilled(config: DistillConfig, args: argparse.Namespace) -> tuple[Candidate, DistillResult]:
+    """The distilled, purged student (method ``l0``) and the distillation's result."""
     result = distill_minilm(config, max_batches=args.max_batches)
     # The purged BertModel is plain Hugging Face; mean pooling wraps it again.
     purged = SentenceEncoder(purge(result.student.encoder))
-    compute = result.problem.test_compute()
-    heldout = result.heldout_batches
-    agreement = embedding_agreement(embed(purged, heldout), embed(result.teacher, heldout))
-    dense_path = export_encoder_onnx(result.teacher, tmp / "dense.onnx")
-    purged_path = export_encoder_onnx(purged, tmp / f"purged_{target}.onnx")
-    dense_ms, purged_ms = onnx_latencies(
-        [dense_path, purged_path],
-        args.latency_batch,
-        args.budget_length,
-        args.repeats,
-        args.threads,
+    macs = result.problem.test_compute()["macs"]
+    return Candidate("l0", purged, macs, result.seconds), result
+
+
+def magnitude_baselines(
+    teacher: nn.Module, config: DistillConfig, args: argparse.Namespace
+) -> list[Candidate]:
+    """One-shot magnitude pruning to ``config.macs_target``, without and with fine-tuning.
+
+    The fine-tuning trains on the distillation's batches (the same sentences, batch size,
+    length and ``--max-batches``) with its loss, epochs, learning rate, dropout, seed and batch
+    order (:func:`l0_sparsity.encoders.finetune_encoder`).
+    """
+    start = time.perf_counter()
+    student = sparsify(copy.deepcopy(teacher), skip="encoder.embeddings.*")
+    pattern = magnitude_prune(student, config.macs_target, (1, config.budget_length))
+    purged = SentenceEncoder(purge(student.eval().encoder))
+    seconds = time.perf_counter() - start
+    print(
+        f"  magnitude: {pattern.heads_pruned}/{pattern.heads} heads and "
+        f"{pattern.units_pruned}/{pattern.units} FFN units pruned, MACs {pattern.macs:.4f}",
+        flush=True,
     )
-    return {
-        "target": target,
-        "purged_macs": compute["macs"],
-        "params": count_params(purged) / count_params(result.teacher),
-        "mean_cos": agreement.mean_cosine,
-        "min_cos": agreement.min_cosine,
-        "nn_agree": agreement.neighbour_agreement,
-        "dense_ms": dense_ms,
-        "purged_ms": purged_ms,
-        "speedup": dense_ms / purged_ms,
-        "train_min": result.seconds / 60,
-    }
+    _, tokenizer = load_minilm()
+    heldout = split_sentences(help_topic_sentences()).heldout
+    # The distillation's own batches: its sentences, length sort, batch size and truncation.
+    batches = _training_data(config, tokenizer, heldout, args.max_batches)
+    tuned = copy.deepcopy(purged)
+    finetuned = finetune_encoder(
+        tuned, teacher, batches, config, progress=lambda line: print(f"  ft: {line}", flush=True)
+    )
+    return [
+        Candidate("magnitude", purged, pattern.macs, seconds),
+        Candidate("magnitude+ft", tuned, pattern.macs, finetuned.seconds),
+    ]
+
+
+def measure(
+    target: float,
+    candidates: Sequence[Candidate],
+    result: DistillResult,
+    args: argparse.Namespace,
+    tmp: Path,
+) -> list[dict[str, object]]:
+    """One table row per candidate: MACs, parameters, held-out agreement, ONNX latency."""
+    teacher, heldout = result.teacher, result.heldout_batches
+    reference = embed(teacher, heldout)
+    paths = [export_encoder_onnx(teacher, tmp / "dense.onnx")]
+    for candidate in candidates:
+        name = f"{candidate.method}_{target}.onnx".replace("+", "_")
+        paths.append(export_encoder_onnx(candidate.model, tmp / name))
+    dense_ms, *purged_ms = onnx_latencies(
+        paths, args.latency_batch, args.budget_length, args.repeats, args.threads
+    )
+    rows: list[dict[str, object]] = []
+    for candidate, ms in zip(candidates, purged_ms, strict=True):
+        agreement = embedding_agreement(embed(candidate.model, heldout), reference)
+        rows.append(
+            {
+                "target": target,
+                "method": candidate.method,
+                "purged_macs": candidate.macs,
+                "params": count_params(candidate.model) / count_params(teacher),
+                "mean_cos": agreement.mean_cosine,
+                "min_cos": agreement.min_cosine,
+                "nn_agree": agreement.neighbour_agreement,
+                "dense_ms": dense_ms,
+                "purged_ms": ms,
+                "speedup": dense_ms / ms,
+                "train_min": candidate.seconds / 60,
+            }
+        )
+    return rows
+
+
+def print_table(rows: Sequence[dict[str, object]]) -> None:
+    """The rows as one right-aligned table (numbers to 4 significant digits)."""
+    header = list(rows[0])
+    print("  ".join(f"{name:>12}" for name in header))
+    for row in rows:
+        cells = (v if isinstance(v, str) else f"{v:.4g}" for v in row.values())
+        print("  ".join(f"{cell:>12}" for cell in cells))
 
 
 def overrides(assignments: Sequence[str]) -> dict[str, object]:
@@ -124,12 +221,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="FIELD=VALUE",
         help="override DistillConfig fields, e.g. --set gates_lr=0.1 dual_restarts=False",
     )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also magnitude pruning to the same MACs, without and with fine-tuning",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch of 2 batches")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.max_batches, args.repeats, args.latency_batch = 1, 2, 2, 2
     torch.set_num_threads(args.threads)
-    rows = []
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
             config = DistillConfig(
@@ -139,11 +241,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 **overrides(args.set),
             )
             print(f"τ = {target}: {dataclasses.asdict(config)}", flush=True)
-            rows.append(_row(target, config, args, Path(tmp)))
-    header = list(rows[0])
-    print("  ".join(f"{name:>11}" for name in header))
-    for row in rows:
-        print("  ".join(f"{row[name]:>11.4g}" for name in header))
+            candidate, result = distilled(config, args)
+            candidates = [candidate]
+            if args.baselines:
+                candidates += magnitude_baselines(result.teacher, config, args)
+            rows += measure(target, candidates, result, args, Path(tmp))
+    print_table(rows)
 
 
 if __name__ == "__main__":

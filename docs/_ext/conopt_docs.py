@@ -86,6 +86,7 @@ PREFERRED_ORDER = (
     "l0_sparsity.purging",
     "l0_sparsity.purging.exporting",
     "l0_sparsity.purging.bert",
+    "l0_sparsity.purging.hf_directory",
     "l0_sparsity.models",
     "l0_sparsity.data",
     "l0_sparsity.data.text",

@@ -100,6 +100,22 @@ class QPModule(ConstrainedLightningModule):
         return torch.cat(weights).detach()
 
 
+def assert_float32_duals(problem: conopt.ConstrainedProblem, report) -> None:
+    """The multipliers, and the report's Lagrangian, values and multipliers, are float32."""
+    for constraint in problem.constraints():
+        assert constraint.multiplier.weight.dtype == torch.float32
+    assert report.lagrangian.dtype == torch.float32
+    for entry in report.constraints.values():
+        assert {entry.value.dtype, entry.strict_value.dtype, entry.multiplier.dtype} == {
+            torch.float32
+        }
+
+
+def assert_bitwise_equal(first: list[torch.Tensor], second: list[torch.Tensor]) -> None:
+    """The two lists hold equal tensors, bit for bit, pair by pair (and are as long)."""
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def make_trainer(**options) -> pl.Trainer:
     """A CPU Trainer for the tests: no progress bar, logger, checkpoints or summary by default."""
     settings = dict(

@@ -4,15 +4,13 @@ The problem is the QP of ``lightning_qp.py`` (known solution x* = (0.5, 0.5, 0),
 μ* = 0.2); the loop is ``accelerate_qp.Run.epoch``, the how-to's.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate_qp import flat_state, make_run, reset_accelerate
-from lightning_qp import LAMBDA, MU, QP, SOLUTION
+from fresh_python import import_error_without
+from lightning_qp import LAMBDA, MU, QP, SOLUTION, assert_bitwise_equal, assert_float32_duals
 from two_processes import run_on_two_processes
 
 import conopt
@@ -29,10 +27,6 @@ def fresh_accelerator():
     reset_accelerate()
     yield
     reset_accelerate()
-
-
-def _subprocess_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 # ------------------------------------------------------------------------------- training
@@ -75,14 +69,8 @@ def test_bf16_keeps_multipliers_and_constraint_values_float32():
         run.epoch()
 
     assert run.raw_dtypes == {torch.bfloat16}  # the constraint, computed under autocast
-    for constraint in run.problem.constraints():
-        assert constraint.multiplier.weight.dtype == torch.float32
     report = run.reports[-1]
-    assert report.lagrangian.dtype == torch.float32
-    for entry in report.constraints.values():
-        assert {entry.value.dtype, entry.strict_value.dtype, entry.multiplier.dtype} == {
-            torch.float32
-        }
+    assert_float32_duals(run.problem, report)
     assert report.kkt.max_violation < 1e-2
     torch.testing.assert_close(run.multipliers(), OPTIMUM, atol=1e-2, rtol=0)
 
@@ -107,8 +95,7 @@ def test_resuming_from_accelerate_save_state_is_bit_for_bit(tmp_path):
     assert resumed.reports[-1].step == whole.reports[-1].step == 16
     assert torch.equal(resumed.net.x, whole.net.x)
     assert torch.equal(resumed.multipliers(), whole.multipliers())
-    pairs = zip(flat_state(resumed.constrained), flat_state(whole.constrained), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
+    assert_bitwise_equal(flat_state(resumed.constrained), flat_state(whole.constrained))
 
 
 def test_two_processes_keep_identical_multipliers_equal_to_one_process(tmp_path):
@@ -171,22 +158,5 @@ def test_loading_a_state_without_the_duals_is_refused(tmp_path):
 
 # -------------------------------------------------------------------------------- imports
 def test_the_integration_names_its_extra_when_accelerate_is_missing():
-    code = (
-        "import sys\n"
-        "import conopt.integrations\n"
-        "assert 'accelerate' not in sys.modules, 'conopt.integrations imported accelerate'\n"
-        "sys.modules['accelerate'] = None\n"
-        "try:\n"
-        "    import conopt.integrations.accelerate\n"
-        "except ImportError as error:\n"
-        "    print(error)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "pip install torch-conopt[accelerate]" in done.stdout
+    message = import_error_without("accelerate", "conopt.integrations.accelerate")
+    assert "pip install torch-conopt[accelerate]" in message

@@ -4,13 +4,10 @@ The problem is the QP of ``lightning_qp.py`` (known solution x* = (0.5, 0.5, 0),
 μ* = 0.2), posed by every batch of ``hf_qp.PairDataset`` (see ``hf_qp.py``).
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from accelerate_qp import flat_state
+from fresh_python import import_error_without
 from hf_qp import (
     PairDataset,
     QPModel,
@@ -20,7 +17,7 @@ from hf_qp import (
     multipliers,
     qp_trainer,
 )
-from lightning_qp import LAMBDA, MU, QP, SOLUTION
+from lightning_qp import LAMBDA, MU, QP, SOLUTION, assert_bitwise_equal, assert_float32_duals
 from transformers import Trainer
 
 import conopt
@@ -76,12 +73,9 @@ def test_resuming_from_a_trainer_checkpoint_is_bit_for_bit(tmp_path, stop_at):
     assert resumed.last_report.step == 24
     assert torch.equal(resumed.model.x, whole.model.x)
     assert torch.equal(multipliers(resumed.problem), multipliers(whole.problem))
-    pairs = zip(
-        flat_state(resumed.constrained_optimizer),
-        flat_state(whole.constrained_optimizer),
-        strict=True,
+    assert_bitwise_equal(
+        flat_state(resumed.constrained_optimizer), flat_state(whole.constrained_optimizer)
     )
-    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_gradient_accumulation_steps_like_the_whole_batch(tmp_path):
@@ -116,14 +110,8 @@ def test_bf16_keeps_multipliers_and_constraint_values_float32(tmp_path):
     assert trainer.model.wx_dtype == torch.bfloat16  # autocast reached the forward pass
     # accelerate returns the forward's outputs in float32 (convert_outputs_to_fp32).
     assert trainer.raw[trainer.problem.budget].dtype == torch.float32
-    for constraint in trainer.problem.constraints():
-        assert constraint.multiplier.weight.dtype == torch.float32
     report = trainer.last_report
-    assert report.lagrangian.dtype == torch.float32
-    for entry in report.constraints.values():
-        assert {entry.value.dtype, entry.strict_value.dtype, entry.multiplier.dtype} == {
-            torch.float32
-        }
+    assert_float32_duals(trainer.problem, report)
     assert report.kkt.max_violation < 1e-2
     torch.testing.assert_close(multipliers(trainer.problem), OPTIMUM, atol=1e-2, rtol=0)
 
@@ -218,22 +206,8 @@ def test_resuming_from_an_unconstrained_checkpoint_is_refused(tmp_path):
 
 # -------------------------------------------------------------------------------- imports
 def test_the_integration_names_its_extra_when_transformers_is_missing():
-    code = (
-        "import sys\n"
-        "import conopt.integrations\n"
-        "assert 'transformers' not in sys.modules, 'conopt.integrations imported transformers'\n"
-        "sys.modules['transformers'] = None\n"
-        "try:\n"
-        "    import conopt.integrations.hf\n"
-        "except ImportError as error:\n"
-        "    print(error)\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "pip install torch-conopt[hf]" in done.stdout
+    message = import_error_without("transformers", "conopt.integrations.hf")
+    assert "pip install torch-conopt[hf]" in message
 
 
 # --------------------------------------------------------------- a real transformers model

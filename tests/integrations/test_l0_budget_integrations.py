@@ -5,11 +5,11 @@ and train on ``problem.constrained_state(loss)`` around the framework's own loss
 MLP, a few steps: the constraint enters the step's report and its multiplier moves.
 """
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
 from hf_qp import arguments
+from lightning_qp import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -62,15 +62,7 @@ class SparseClassifier(ConstrainedLightningModule):
 
 def test_a_density_budget_in_a_lightning_module():
     module = SparseClassifier()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
+    trainer = make_trainer(max_steps=8)
     trainer.fit(module, DataLoader(TensorDataset(*_data()), batch_size=16))
 
     assert len(module.reports) == 8

@@ -16,7 +16,17 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning_qp import LAMBDA, MU, SOLUTION, QPModule, loader, make_trainer, paired_dataset
+from lightning_qp import (
+    LAMBDA,
+    MU,
+    SOLUTION,
+    QPModule,
+    assert_bitwise_equal,
+    assert_float32_duals,
+    loader,
+    make_trainer,
+    paired_dataset,
+)
 from torch.utils.data import DataLoader, TensorDataset
 
 from conopt.integrations.lightning import LightningConstrainedOptimizer
@@ -102,12 +112,9 @@ def test_resuming_from_a_lightning_checkpoint_is_bit_for_bit(tmp_path, stop_at):
     assert resumed_trainer.global_step == whole_trainer.global_step == 24
     assert torch.equal(resumed.x, whole.x)
     assert torch.equal(resumed.multipliers(), whole.multipliers())
-    pairs = zip(
-        _flat_state(resumed.constrained_optimizer),
-        _flat_state(whole.constrained_optimizer),
-        strict=True,
+    assert_bitwise_equal(
+        _flat_state(resumed.constrained_optimizer), _flat_state(whole.constrained_optimizer)
     )
-    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 # ------------------------------------------------------------------- what Lightning brings
@@ -124,14 +131,8 @@ def test_bf16_mixed_keeps_multipliers_and_constraint_values_float32():
     make_trainer(max_epochs=30, precision="bf16-mixed").fit(module, loader(8))
 
     assert module.raw_dtypes["budget"] == torch.bfloat16  # autocast reached the constraint
-    for constraint in module.problem.constraints():
-        assert constraint.multiplier.weight.dtype == torch.float32
     report = module.reports[-1]
-    assert report.lagrangian.dtype == torch.float32
-    for entry in report.constraints.values():
-        assert {entry.value.dtype, entry.strict_value.dtype, entry.multiplier.dtype} == {
-            torch.float32
-        }
+    assert_float32_duals(module.problem, report)
     assert report.kkt.max_violation < 1e-3
     torch.testing.assert_close(module.multipliers(), OPTIMUM, atol=5e-3, rtol=0)
 

@@ -1,12 +1,9 @@
 """conopt.integrations.lightning: bad use gets an error that says what is wrong and what to do."""
 
-import os
-import subprocess
-import sys
-
 import lightning.pytorch as pl
 import pytest
 import torch
+from fresh_python import import_error_without
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_qp import QP, QPModule, loader, make_trainer
 
@@ -161,19 +158,5 @@ def test_loading_weights_for_evaluation_needs_no_duals(tmp_path):
 
 # -------------------------------------------------------------------------------- imports
 def test_the_integration_names_its_extra_when_lightning_is_missing():
-    code = (
-        "import sys\n"
-        "import conopt.integrations\n"
-        "assert 'lightning' not in sys.modules, 'conopt.integrations imported lightning'\n"
-        "sys.modules['lightning'] = None\n"
-        "try:\n"
-        "    import conopt.integrations.lightning\n"
-        "except ImportError as error:\n"
-        "    print(error)\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "pip install torch-conopt[lightning]" in done.stdout
+    message = import_error_without("lightning", "conopt.integrations.lightning")
+    assert "pip install torch-conopt[lightning]" in message

@@ -4,13 +4,10 @@ Its ``state`` setter is exercised directly and through ``accelerate``'s ``Accele
 whose own ``state`` setter forwards to it.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from accelerate_qp import make_run, reset_accelerate
+from fresh_python import run_python
 from lightning_qp import QP
 
 import conopt
@@ -118,8 +115,4 @@ def test_the_base_imports_no_framework():
         "loaded = {'lightning', 'accelerate', 'transformers'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(code)

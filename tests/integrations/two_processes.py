@@ -1,12 +1,12 @@
 """2 CPU processes for the DDP tests: the launch (torch.distributed.run), the scripts' shutdown."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 from accelerate import Accelerator
+from fresh_python import one_thread_env
 
 
 def run_on_two_processes(script: Path, *args: str, timeout: int = 300) -> None:
@@ -21,9 +21,13 @@ def run_on_two_processes(script: Path, *args: str, timeout: int = 300) -> None:
         str(script),
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        command, cwd=script.parent, env=env, capture_output=True, text=True, timeout=timeout
+        command,
+        cwd=script.parent,
+        env=one_thread_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the l0_sparsity tests: model specs, the smoke-run command line, IDX files."""
+"""Helpers shared by the l0_sparsity tests: model specs, the smoke-run command line, IDX files,
+gates set on, off or half off."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
+
+from l0_sparsity.measures import ComputeCost
+from l0_sparsity.nn import gated_layers
+
+ON, OFF = 20.0, -20.0  # log α whose sampled and test-time gates are 1 / 0 (up to ~1e-9)
 
 # name -> (in_channels, input side): 28 for MNIST models, 32 for CIFAR ones, 64 for ImageNet ones
 SPECS = {
@@ -61,3 +69,28 @@ def write_fashion(directory: Path, gz: bool, n_train: int = 30, n_test: int = 10
     for stem, array in arrays.items():
         write_idx(directory / (stem + (".gz" if gz else "")), array)
     return arrays
+
+
+@torch.no_grad()
+def half_off(model: nn.Module, seed: int = 0) -> None:
+    """Switch off a random half of every gated layer's gates (the rest: test gates in (0, 1])."""
+    gen = torch.Generator().manual_seed(seed)
+    for _, layer in gated_layers(model):
+        flat = layer.log_alpha.view(-1)
+        alive = torch.randperm(flat.numel(), generator=gen)[: flat.numel() // 2]
+        flat.fill_(OFF)
+        flat[alive] = torch.empty(alive.numel()).uniform_(-1.0, 3.0, generator=gen)
+
+
+@torch.no_grad()
+def fill_gates(model: nn.Module, log_alpha: float) -> None:
+    """Set every gate parameter of ``model`` to ``log_alpha`` (``ON`` or ``OFF``, say)."""
+    for _, layer in gated_layers(model):
+        layer.log_alpha.fill_(log_alpha)
+
+
+def assert_all_off_costs_the_fixed_part(model: nn.Module, example: object) -> None:
+    """With every gate off, the test-time MACs and parameters are ComputeCost's fixed part."""
+    cost = ComputeCost(model, example)
+    fill_gates(model, OFF)
+    assert (cost.test_macs(), cost.test_params()) == (cost.fixed_macs, cost.fixed_params)

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torchvision
+from l0_helpers import OFF, ON, assert_all_off_costs_the_fixed_part, fill_gates, half_off
 from torch import nn
 
 import l0_sparsity as l0
@@ -18,19 +19,6 @@ from l0_sparsity.nn.transformer import GatedTransformerEncoder, GatedTransformer
 from l0_sparsity.purging import count_flops, count_params
 
 torch.set_num_threads(1)
-
-ON, OFF = 20.0, -20.0  # log α whose sampled and test-time gates are 1 / 0 (up to ~1e-9)
-
-
-@torch.no_grad()
-def _half_off(model: nn.Module, seed: int = 0) -> None:
-    """Switch off a random half of every gated layer's gates (the rest: test gates in (0, 1])."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, layer in gated_layers(model):
-        flat = layer.log_alpha.view(-1)
-        alive = torch.randperm(flat.numel(), generator=gen)[: flat.numel() // 2]
-        flat.fill_(OFF)
-        flat[alive] = torch.empty(alive.numel()).uniform_(-1.0, 3.0, generator=gen)
 
 
 class _Classifier(nn.Module):
@@ -180,7 +168,7 @@ def test_encoder_honours_gates_with_and_without_grad_in_train_and_eval(norm_firs
 def test_encoder_with_half_the_heads_and_units_off_purges_exactly(norm_first):
     torch.manual_seed(1)
     model = l0.sparsify(_Classifier(norm_first=norm_first))
-    _half_off(model)
+    half_off(model)
     purged = _purge_and_check(model, torch.randn(2, 7, 32))
     kept = [m.out_features for n, m in purged.named_modules() if n.endswith("q_proj")]
     assert kept == [16, 16]  # 2 of 4 heads of width 8 in each layer
@@ -195,25 +183,21 @@ def test_encoder_with_half_the_heads_and_units_off_purges_exactly(norm_first):
 def test_sequence_first_encoder_purges_exactly():
     torch.manual_seed(2)
     model = l0.sparsify(_Classifier(batch_first=False))
-    _half_off(model)
+    half_off(model)
     _purge_and_check(model, torch.randn(7, 2, 32))
 
 
 def test_a_layer_losing_all_heads_and_all_ffn_units_keeps_its_residual_path():
     torch.manual_seed(3)
     model = l0.sparsify(_Classifier())
-    _half_off(model)
+    half_off(model)
     layer = model.encoder.layers[0]
     with torch.no_grad():
         layer.self_attn.log_alpha.fill_(OFF)
         layer.linear2.log_alpha.fill_(OFF)
     x = torch.randn(2, 7, 32)
     _purge_and_check(model, x)
-    cost = ComputeCost(model, x)
-    with torch.no_grad():
-        for _, gated in gated_layers(model):
-            gated.log_alpha.fill_(OFF)
-    assert (cost.test_macs(), cost.test_params()) == (cost.fixed_macs, cost.fixed_params)
+    assert_all_off_costs_the_fixed_part(model, x)
     _purge_and_check(model, x)
 
 
@@ -223,7 +207,7 @@ def test_bare_multihead_attention_purges_exactly(batch_first, bias):
     torch.manual_seed(4)
     model = l0.sparsify(_Attend(batch_first, bias))
     model.batch_first = batch_first
-    _half_off(model)
+    half_off(model)
     x = torch.randn(2, 5, 8) if batch_first else torch.randn(5, 2, 8)
     _purge_and_check(model, x)
 
@@ -233,9 +217,7 @@ def test_expected_macs_move_with_the_kept_heads():
     model = l0.sparsify(_Classifier())
     x = torch.randn(1, 9, 32)
     cost = ComputeCost(model, x)
-    with torch.no_grad():
-        for _, layer in gated_layers(model):
-            layer.log_alpha.fill_(ON)
+    fill_gates(model, ON)
     full = cost.expected_macs()
     attention = model.encoder.layers[0].self_attn
     with torch.no_grad():
@@ -286,7 +268,7 @@ def test_torchvision_vit_with_half_the_heads_and_units_off_purges_exactly():
     assert sum(isinstance(m, GatedMultiheadAttention) for m in model.modules()) == 2
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), dense)
-    _half_off(model)
+    half_off(model)
     _purge_and_check(model, x)
 
 
@@ -317,7 +299,7 @@ torch.testing.assert_close(model(x), want)
 def test_the_purged_encoder_loads_and_runs_without_this_package(tmp_path):
     torch.manual_seed(8)
     model = l0.sparsify(_Classifier())
-    _half_off(model)
+    half_off(model)
     purged = l0.purge(model)
     x = torch.randn(2, 5, 32)
     with torch.no_grad():

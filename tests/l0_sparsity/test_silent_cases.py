@@ -4,7 +4,8 @@
   drops its filters with the producer's channels; a depthwise conv gated itself keeps its own
   kept filters. Both purge exactly and are counted exactly by ``ComputeCost``.
 * A layer whose weight the forward reads outside its call is refused by ``sparsify``, naming it.
-* Grouped convs (other than depthwise ones) are left dense and reported.
+* A depthwise conv with a channel multiplier follows too, dropping whole groups; other grouped
+  convs are covered by ``test_grouped_convs.py``.
 """
 
 from __future__ import annotations
@@ -151,13 +152,14 @@ def test_depthwise_follower_after_an_op_that_is_not_zero_preserving_stays_exact(
     assert purged.dw.groups == HIDDEN  # nothing it can drop exactly
 
 
-def test_depthwise_conv_with_a_channel_multiplier_is_left_dense_and_reported():
-    model = _random_stats(InvertedResidual(multiplier=2))
-    with pytest.warns(UserWarning, match=r"dw \(grouped Conv2d \(groups=64, 64 -> 128"):
-        l0.sparsify(model)
-    assert type(model.dw) is nn.Conv2d
-    _kill_half(model.expand)
-    _assert_exact(model, _input())
+def test_depthwise_conv_with_a_channel_multiplier_follows_and_drops_whole_groups():
+    model = l0.sparsify(_random_stats(InvertedResidual(multiplier=2)))
+    assert model.sparsify_report.followers == (("dw", "expand"),)
+    assert model.expand.channels_per_gate == 1 and model.bn2.channels_per_gate == 2
+    kept = _kill_half(model.expand).numel()
+    purged = _assert_exact(model, _input())
+    assert purged.dw.groups == purged.dw.in_channels == kept
+    assert purged.dw.out_channels == purged.project.in_channels == 2 * kept
 
 
 class FunctionalConv(nn.Module):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from l0_sparsity.data.text import help_topic_sentences, split_sentences
+from l0_sparsity.data.text import docstring_sentences, help_topic_sentences, split_sentences
 from l0_sparsity.encoders import (
     SentenceEncoder,
     embedding_agreement,
@@ -41,10 +42,24 @@ def test_the_split_is_a_fixed_rule_on_each_sentence() -> None:
     assert 100 < len(split.heldout) < 250
 
 
+def test_docstring_prose_adds_training_text_and_leaves_out_what_it_is_told() -> None:
+    heldout = split_sentences(help_topic_sentences()).heldout
+    sentences = docstring_sentences(exclude=heldout)
+    assert len(sentences) > 5000
+    assert len(set(sentences)) == len(sentences)
+    assert set(sentences).isdisjoint(heldout)
+    for sentence in sentences:
+        assert 40 <= len(sentence) <= 300
+        assert sentence[0].isupper() and sentence[-1] in ".!?"
+    kept = docstring_sentences(exclude=sentences[1:])
+    assert kept == sentences[:1]
+
+
 @pytest.mark.parametrize("bad", [{"min_chars": 0}, {"min_chars": 50, "max_chars": 40}])
-def test_bad_lengths_are_refused(bad: dict[str, int]) -> None:
+@pytest.mark.parametrize("corpus", [help_topic_sentences, docstring_sentences])
+def test_bad_lengths_are_refused(bad: dict[str, int], corpus: Callable[..., list[str]]) -> None:
     with pytest.raises(ValueError, match="min_chars"):
-        help_topic_sentences(**bad)
+        corpus(**bad)
 
 
 def test_a_split_needs_two_sides() -> None:

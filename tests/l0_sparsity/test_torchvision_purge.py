@@ -3,7 +3,9 @@
 For each model (random weights, BatchNorms calibrated on random data so that outputs have a
 non-degenerate scale): the purged model's eval output equals the gated model's; its parameter
 count and its MACs (``torch.utils.flop_counter``) equal what :class:`~l0_sparsity.ComputeCost`
-predicts from the test-time gates; the ``torch.export`` file reloads and matches.
+predicts from the test-time gates; the ``torch.export`` file reloads and matches. Depthwise and
+grouped convolutions (MobileNet, EfficientNet, ShuffleNet, RegNet) follow the gates of the conv
+feeding them and lose filters, or whole groups, with its channels.
 """
 
 from __future__ import annotations
@@ -146,13 +148,33 @@ def _small_convnext() -> nn.Module:
     return model
 
 
-def test_grouped_convs_are_left_dense_and_reported():
-    model = torchvision.models.regnet_y_400mf(weights=None, num_classes=10)
-    grouped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and 1 < m.groups]
-    assert grouped
-    with pytest.warns(UserWarning, match="grouped Conv2d"):
-        l0.sparsify(model)
-    not_gateable = dict(model.sparsify_report.not_gateable)
-    for name in grouped:
-        assert type(model.get_submodule(name)) is nn.Conv2d
-        assert "a purge cannot remove its filters exactly" in not_gateable[name]
+def test_regnet_group_convs_follow_tied_producer_gates_and_lose_groups():
+    """RegNetY-400MF: every group conv (group width 8) follows its block's 1×1 conv, whose gates
+    decide 8 channels each; half of them off removes half of each group conv's groups."""
+    model = _gated("regnet_y_400mf")
+    report = model.sparsify_report
+    followers = dict(report.followers)
+    grouped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert grouped and set(grouped) == set(followers)
+    assert not report.not_gateable
+    for name, producer in followers.items():
+        conv, gated = model.get_submodule(name), model.get_submodule(producer)
+        assert isinstance(gated, L0Conv2d) and gated.num_gates == conv.groups
+        assert gated.channels_per_gate == conv.in_channels // conv.groups == 8
+
+    x = _input()
+    purged = purge(model)
+    lost = 0
+    for name, producer in followers.items():
+        before, after = model.get_submodule(name), purged.get_submodule(name)
+        kept = int(model.get_submodule(producer).active_mask().sum())
+        assert after.groups == kept and after.in_channels == 8 * kept
+        assert after.out_channels == before.out_channels // before.groups * kept
+        lost += after.groups < before.groups
+    assert lost == len(followers)
+    with torch.no_grad():
+        reference = model(x)
+        assert (purged(x) - reference).abs().max() <= 1e-4 * reference.abs().max()
+    cost = ComputeCost(model, x)
+    assert count_params(purged) == cost.test_params() < 0.5 * cost.dense_params
+    assert count_flops(purged, x[:1]) // 2 == cost.test_macs() < 0.5 * cost.dense_macs

@@ -56,6 +56,23 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder
 
+    def token_embeddings(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's last hidden states ``(batch, tokens, hidden)``, before pooling.
+
+        Args:
+            input_ids: ``(batch, tokens)`` token ids.
+            attention_mask: ``(batch, tokens)``, 1 for real tokens and 0 for padding.
+
+        Returns:
+            The token embeddings.
+        """
+        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if isinstance(output, dict):
+            return output["last_hidden_state"]
+        if not isinstance(output, torch.Tensor):
+            return output.last_hidden_state
+        return output
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Sentence embeddings ``(batch, hidden)`` of a tokenized batch.
 
@@ -69,9 +86,4 @@ class SentenceEncoder(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        if isinstance(output, dict):
-            output = output["last_hidden_state"]
-        elif not isinstance(output, torch.Tensor):
-            output = output.last_hidden_state
-        return mean_pool(output, attention_mask)
+        return mean_pool(self.token_embeddings(input_ids, attention_mask), attention_mask)

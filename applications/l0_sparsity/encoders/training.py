@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 import conopt
-from l0_sparsity.data.text import help_topic_sentences, split_sentences
+from l0_sparsity.data.text import docstring_sentences, help_topic_sentences, split_sentences
 from l0_sparsity.encoders.agreement import EmbeddingAgreement, embedding_agreement
 from l0_sparsity.encoders.distillation import DistillationProblem
 from l0_sparsity.encoders.minilm import load_minilm
-from l0_sparsity.encoders.pooling import SentenceEncoder
+from l0_sparsity.encoders.pooling import SentenceEncoder, mean_pool
 from l0_sparsity.nn import gate_parameters, sparsify, weight_parameters
 
 __all__ = ["DistillConfig", "DistillResult", "distill_minilm", "embed", "tokenized_batches"]
@@ -52,6 +52,17 @@ class DistillConfig:
         strict_budgets: Let the purged model's MACs (at the test-time gates) drive the
             multiplier, the expected MACs the gates (see
             :class:`~l0_sparsity.problem.SparsityProblem`).
+        token_weight: Weight of the token-level cosine distance between the student's and the
+            teacher's last hidden states (see
+            :class:`~l0_sparsity.encoders.distillation.DistillationProblem`; 0: sentence
+            embeddings only).
+        docstrings: Also train on the prose of the standard library's docstrings
+            (:func:`~l0_sparsity.data.text.docstring_sentences`, about 10,700 sentences on
+            Python 3.11, never a held-out one) besides the help topics' training sentences.
+        student_dropout: Drop probability of every ``nn.Dropout`` in the student while it
+            trains (``None`` keeps the pretrained model's, 0.1 for MiniLM). Off by default: the
+            student imitates the teacher's eval-mode embeddings, and dropout noise on a
+            corpus this small costs more than it regularizes.
         seed: Seed of the gates' noise and the batch order.
     """
 
@@ -66,6 +77,9 @@ class DistillConfig:
     droprate_init: float = 0.07
     dual_restarts: bool = True
     strict_budgets: bool = True
+    token_weight: float = 0.0
+    docstrings: bool = False
+    student_dropout: float | None = 0.0
     seed: int = 0
 
 
@@ -153,14 +167,69 @@ def _optimizer(problem: DistillationProblem, config: DistillConfig) -> conopt.op
     )
 
 
+PROGRESS_EVERY = 100
+"""Batches between two progress lines within an epoch."""
+
+
+def _training_data(
+    config: DistillConfig, tokenizer: Any, heldout: Sequence[str], max_batches: int | None
+) -> list[tuple[Tensor, Tensor]]:
+    """The training batches: sentences sorted by length (little padding), then batched.
+
+    Each batch holds sentences of similar length, which cuts the padded tokens a step computes;
+    the batches' order is shuffled every epoch.
+    """
+    split = split_sentences(help_topic_sentences())
+    sentences = list(split.train)
+    if config.docstrings:
+        sentences += docstring_sentences(exclude=set(heldout) | set(sentences))
+    sentences.sort(key=len)
+    batches = tokenized_batches(tokenizer, sentences, config.batch_size, config.max_length)
+    return batches[:max_batches]
+
+
+@torch.no_grad()
+def _teacher_targets(
+    teacher: SentenceEncoder, batches: Sequence[tuple[Tensor, Tensor]], with_tokens: bool
+) -> list[Tensor | tuple[Tensor, Tensor]]:
+    """The teacher's embeddings of each batch (with its last hidden states if asked), once."""
+    targets: list[Tensor | tuple[Tensor, Tensor]] = []
+    for ids, mask in batches:
+        if with_tokens:
+            tokens = teacher.token_embeddings(ids, mask)
+            targets.append((mean_pool(tokens, mask), tokens))
+        else:
+            targets.append(teacher(ids, mask))
+    return targets
+
+
+def _student(teacher: SentenceEncoder, config: DistillConfig) -> nn.Module:
+    """A gated copy of the teacher: gates on every head and FFN unit, dropout as configured."""
+    # The teacher is frozen; its copy must train every weight, not only the gated layers.
+    student = sparsify(
+        copy.deepcopy(teacher).requires_grad_(True),
+        droprate_init=config.droprate_init,
+        skip="encoder.embeddings.*",
+    )
+    if config.student_dropout is not None:
+        for module in student.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = config.student_dropout
+    return student
+
+
 def _train_epoch(
     problem: DistillationProblem,
     optimizer: conopt.optim.SimultaneousGDA,
     batches: Sequence[tuple[Tensor, Tensor]],
-    targets: Sequence[Tensor],
+    targets: Sequence[Tensor | tuple[Tensor, Tensor]],
     order: torch.Generator,
+    progress: Callable[[str], None] | None,
 ) -> dict[str, float]:
-    """One pass over the batches in a random order; the epoch's means and the budget's state."""
+    """One pass over the batches in a random order; the epoch's means and the budget's state.
+
+    ``progress`` gets a line every :data:`PROGRESS_EVERY` batches of a long epoch.
+    """
     cosines: list[float] = []
 
     def closure(index: int) -> conopt.ProblemState:
@@ -169,9 +238,12 @@ def _train_epoch(
         return state
 
     losses = []
-    for index in torch.randperm(len(batches), generator=order).tolist():
+    for step, index in enumerate(torch.randperm(len(batches), generator=order).tolist(), 1):
         report = optimizer.step(lambda i=index: closure(i))
         losses.append(float(report.loss))
+        if progress is not None and step % PROGRESS_EVERY == 0 and step < len(batches):
+            recent = cosines[-PROGRESS_EVERY:]
+            progress(f"  batch {step}/{len(batches)}  cosine={sum(recent) / len(recent):.4g}")
     test = problem.test_compute()
     row = {
         "loss": sum(losses) / len(losses),
@@ -205,16 +277,14 @@ def distill_minilm(
     torch.manual_seed(config.seed)
     teacher_bert, tokenizer = load_minilm()
     teacher = SentenceEncoder(teacher_bert).requires_grad_(False).eval()
-    split = split_sentences(help_topic_sentences())
-    train = tokenized_batches(tokenizer, split.train, config.batch_size, config.max_length)
-    train = train[:max_batches]
-    heldout = tokenized_batches(tokenizer, split.heldout, config.batch_size, config.max_length)
-    targets = [embed(teacher, [batch]) for batch in train]
-    student = sparsify(
-        copy.deepcopy(teacher), droprate_init=config.droprate_init, skip="encoder.embeddings.*"
-    )
+    heldout_sentences = split_sentences(help_topic_sentences()).heldout
+    heldout = tokenized_batches(tokenizer, heldout_sentences, config.batch_size, config.max_length)
+    train = _training_data(config, tokenizer, heldout_sentences, max_batches)
+    targets = _teacher_targets(teacher, train, with_tokens=config.token_weight > 0)
+    student = _student(teacher, config)
     problem = DistillationProblem(
         student,
+        token_weight=config.token_weight,
         macs_target=config.macs_target,
         example_input=(1, config.budget_length),
         strict_budgets=config.strict_budgets,
@@ -225,7 +295,7 @@ def distill_minilm(
     start = time.perf_counter()
     student.train()
     for epoch in range(config.epochs):
-        row = _train_epoch(problem, optimizer, train, targets, order)
+        row = _train_epoch(problem, optimizer, train, targets, order, progress)
         history.append({"epoch": epoch + 1, **row})
         if progress is not None:
             progress("  ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))

@@ -18,9 +18,12 @@ purged model's counts to the unit: MACs as ``FlopCounterMode`` FLOPs / 2 of
 :func:`l0_sparsity.purge`'s output, parameters as :func:`~l0_sparsity.purging.count_params` of it.
 
 What the purge does not shrink counts at full width: unstructured gates (the purged weights hold
-zeros but keep their shape), grouped convolutions other than depthwise ones, layers called more
-than once, channels that reach a residual addition (scattered back to full width). A depthwise
-convolution counts the filters it keeps: its own gates', or those of the convolution it follows.
+zeros but keep their shape), grouped convolutions that follow no gates, layers called more than
+once, channels that reach a residual addition (scattered back to full width). A gate governing a
+block of channels (``channels_per_gate``) counts for its whole block. A depthwise convolution
+counts the filters it keeps: its own gates', or those of the convolution it follows; any other
+grouped convolution that follows counts the filters of the groups it keeps (``out_channels /
+groups`` each) times its fixed ``in_channels / groups`` inputs per filter.
 """
 
 from __future__ import annotations

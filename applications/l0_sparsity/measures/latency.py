@@ -101,8 +101,7 @@ class LatencyModel:
         fixed_predicted: Predicted latency with every gate dead: the floor of any latency budget.
 
     Raises:
-        ValueError: For a structure :class:`~l0_sparsity.measures.ComputeCost` refuses, or a
-            shrinkable grouped convolution (naming it).
+        ValueError: For a structure :class:`~l0_sparsity.measures.ComputeCost` refuses.
     """
 
     def __init__(

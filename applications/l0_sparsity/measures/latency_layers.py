@@ -52,6 +52,8 @@ class LayerProbe:
         bias: Whether it has a bias.
         rows: ``(slot, scale)``: the kept fraction of its rows is ``scale · v[slot]``.
         cols: ``(slot, scale)`` of its columns.
+        groups: The convolution's groups; a grouped one keeps whole groups (its kept fraction
+            of rows, rounded to groups) and all the columns of each (``in_full`` per group).
     """
 
     target: str
@@ -63,9 +65,13 @@ class LayerProbe:
     bias: bool
     rows: tuple[int, float]
     cols: tuple[int, float]
+    groups: int = 1
 
     def widths(self, r: float, c: float) -> tuple[int, int]:
-        """Outputs and inputs kept at fractions ``r`` and ``c`` (at least one each)."""
+        """Outputs and inputs (per group) kept at fractions ``r`` and ``c`` (at least one each)."""
+        if self.groups > 1:
+            kept = max(1, round(r * self.groups))
+            return kept * (self.out_full // self.groups), self.in_full
         return max(1, round(r * self.out_full)), max(1, round(c * self.in_full))
 
     def achieved(self, r: float, c: float) -> tuple[float, float]:
@@ -81,8 +87,18 @@ class LayerProbe:
             shape[-1] = inp
             return nn.Linear(inp, out, bias=self.bias), tuple(shape)
         kernel, stride, padding, dilation = self.conv
-        shape[1] = inp
-        module = nn.Conv2d(inp, out, kernel, stride, padding, dilation, bias=self.bias)  # type: ignore[arg-type]
+        groups = out // (self.out_full // self.groups) if self.groups > 1 else 1
+        shape[1] = inp * groups
+        module = nn.Conv2d(
+            inp * groups,
+            out,
+            kernel,  # type: ignore[arg-type]
+            stride,  # type: ignore[arg-type]
+            padding,  # type: ignore[arg-type]
+            dilation,  # type: ignore[arg-type]
+            groups,
+            bias=self.bias,
+        )
         return module, tuple(shape)
 
 
@@ -99,9 +115,6 @@ def probe_layers(
 
     Returns:
         One probe per shrinkable convolution or linear layer, in call order.
-
-    Raises:
-        ValueError: For a shrinkable grouped convolution, naming it.
     """
     graph = GatedGraph(model)
     structure = purge_structure(graph)
@@ -111,11 +124,6 @@ def probe_layers(
         rules = structure.outputs.get(target), structure.inputs.get(target)
         if isinstance(module, GatedBatchNorm2d) or rules == (None, None):
             continue
-        if getattr(module, "groups", 1) != 1:
-            raise ValueError(
-                f"LatencyModel: {target!r} is a grouped convolution (groups={module.groups}); "
-                "the latency model times convolutions with groups=1 only"
-            )
         targets.append(target)
     shapes = _input_shapes(model, targets, input_shape)
     probes = []
@@ -143,6 +151,7 @@ def probe_layers(
                 bias=getattr(module, "bias", None) is not None,
                 rows=(rows[0], rows[1] / out_full),
                 cols=(cols[0], cols[1] / in_full),
+                groups=getattr(module, "groups", 1),
             )
         )
     return probes

@@ -26,6 +26,7 @@ from torch import Tensor, fx, nn
 from l0_sparsity.nn.attention_kernel import head_attention
 from l0_sparsity.nn.base import GatedLayer, default_init
 from l0_sparsity.nn.gates import HardConcrete
+from l0_sparsity.nn.head_gates import HeadGatedLayer
 
 __all__ = [
     "GatedMultiheadAttention",
@@ -99,7 +100,7 @@ def check_attention_call(target: str, node: fx.Node) -> None:
             )
 
 
-class GatedMultiheadAttention(GatedLayer):
+class GatedMultiheadAttention(HeadGatedLayer):
     """``nn.MultiheadAttention`` with one hard-concrete gate per head.
 
     Same call signature and outputs as ``nn.MultiheadAttention`` (``batch_first`` either way,
@@ -141,21 +142,15 @@ class GatedMultiheadAttention(GatedLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if num_heads <= 0 or embed_dim % num_heads:
-            raise ValueError(
-                f"GatedMultiheadAttention: num_heads={num_heads} must divide embed_dim={embed_dim}"
-            )
-        head_dim = embed_dim // num_heads
         super().__init__(
-            (num_heads,),
-            4 * embed_dim * head_dim,
-            structured=True,
+            embed_dim,
+            embed_dim,
+            num_heads,
             droprate_init=droprate_init,
             distribution=distribution,
+            width_name="embed_dim",
         )
         self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = head_dim
         self.dropout = dropout
         self.batch_first = batch_first
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -228,10 +223,6 @@ class GatedMultiheadAttention(GatedLayer):
         rows = self.in_proj_weight.square().view(3, heads, d, -1).sum((0, 2, 3))
         cols = self.weight.square().view(-1, heads, d).sum((0, 2))
         return rows + cols
-
-    def gate_weight(self, gates: Tensor) -> Tensor:
-        """The out projection ``W_o`` with head ``h``'s columns scaled by ``z_h``."""
-        return self.weight * gates.to(self.weight.dtype).repeat_interleave(self.head_dim)
 
     def forward(
         self,

@@ -159,20 +159,16 @@ class GatedLayer(nn.Module, abc.ABC):
 
     @classmethod
     def _copy_of(
-        cls: type[_Gated],
-        dense: nn.Linear | nn.Conv2d,
-        *geometry: Any,
-        structured: bool,
-        droprate_init: float,
-        distribution: HardConcrete | None,
+        cls: type[_Gated], dense: nn.Linear | nn.Conv2d, *geometry: Any, **options: Any
     ) -> _Gated:
-        """``cls(*geometry, bias, ...)`` with ``dense``'s weights, bias, device, dtype and mode."""
+        """``cls(*geometry, bias, **options)`` with ``dense``'s weights, bias, device, dtype, mode.
+
+        ``options`` are the gate keywords of ``cls`` (``droprate_init``, ``distribution``, ...).
+        """
         layer = cls(
             *geometry,
             dense.bias is not None,
-            structured=structured,
-            droprate_init=droprate_init,
-            distribution=distribution,
+            **options,
             device=dense.weight.device,
             dtype=dense.weight.dtype,
         )

@@ -28,6 +28,11 @@ class GatedBatchNorm2d(nn.BatchNorm2d):
     the median gate in eval mode, so dead channels output exactly 0. Running statistics are
     those of the ungated convolution output, hence consistent between training and eval.
 
+    Each gate applies to ``num_features / num_gates`` consecutive channels
+    (:attr:`channels_per_gate`): one for the norm right after a conv with one gate per filter,
+    more after a conv whose gates govern blocks of filters, or after a grouped convolution that
+    follows the gates of the conv feeding it (:mod:`~l0_sparsity.nn.following`).
+
     The gate layer is referenced, not registered as a submodule, so it appears once in
     ``named_modules()`` and ``state_dict()`` (under its own name).
 
@@ -61,19 +66,38 @@ class GatedBatchNorm2d(nn.BatchNorm2d):
         """Make this norm apply the gates of ``gate_layer`` (and that conv run ungated).
 
         Args:
-            gate_layer: A structured :class:`L0Conv2d` with ``num_features`` output channels.
+            gate_layer: A structured :class:`L0Conv2d` whose number of gates divides
+                ``num_features``.
 
         Raises:
-            ValueError: If the conv is unstructured or its width does not match.
+            ValueError: If the conv is unstructured or its gates do not divide the channels.
         """
         if not (isinstance(gate_layer, L0Conv2d) and gate_layer.structured):
             raise ValueError("GatedBatchNorm2d needs a structured L0Conv2d")
-        if gate_layer.out_channels != self.num_features:
+        if self.num_features % gate_layer.num_gates:
             raise ValueError(
-                f"conv has {gate_layer.out_channels} filters, norm has {self.num_features}"
+                f"conv has {gate_layer.num_gates} gates ({gate_layer.out_channels} filters), "
+                f"which do not divide the norm's {self.num_features} channels"
             )
         object.__setattr__(self, "_gate_layer", gate_layer)
         gate_layer.gate_in_norm = True
+
+    @property
+    def channels_per_gate(self) -> int:
+        """Consecutive channels each of the conv's gates applies to."""
+        return self.num_features // self.gate_layer.num_gates
+
+    def channel_gates(self, gates: Tensor) -> Tensor:
+        """The conv's gates repeated to one per channel of this norm.
+
+        Args:
+            gates: Gate values shaped like the conv's ``log_alpha``.
+
+        Returns:
+            One value per channel.
+        """
+        k = self.channels_per_gate
+        return gates if k == 1 else gates.repeat_interleave(k)
 
     @property
     def gate_layer(self) -> L0Conv2d:
@@ -109,7 +133,7 @@ class GatedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         """Batch-normalize ``x`` and multiply each channel by its gate."""
         self._check_input_dim(x)
-        z = self.gate_layer.gates()
+        z = self.channel_gates(self.gate_layer.gates())
         weight = z if self.weight is None else self.weight * z.to(self.weight.dtype)
         bias = None if self.bias is None else self.bias * z.to(self.bias.dtype)
         factor = 0.0
@@ -134,7 +158,7 @@ class GatedBatchNorm2d(nn.BatchNorm2d):
     @torch.no_grad()
     def dense_module(self) -> nn.BatchNorm2d:
         """Plain BatchNorm2d with the test-time gates folded into ``weight`` and ``bias``."""
-        z = self.gate_layer.test_gates()
+        z = self.channel_gates(self.gate_layer.test_gates())
         ref = self.running_mean if self.running_mean is not None else z
         out = nn.BatchNorm2d(
             self.num_features,

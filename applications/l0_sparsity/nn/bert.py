@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l0_sparsity.nn.base import GatedLayer
 from l0_sparsity.nn.gates import HardConcrete
+from l0_sparsity.nn.head_gates import HeadGatedLayer
+from l0_sparsity.nn.linear import GatedLinear
 
 __all__ = [
     "BertBlock",
@@ -125,13 +125,14 @@ def holds_bert_gates(model: nn.Module) -> bool:
     )
 
 
-class HeadGatedLinear(GatedLayer):
+class HeadGatedLinear(HeadGatedLayer, GatedLinear):
     """The out projection of attention heads, one hard-concrete gate per head.
 
     ``y = x (W ⊙ z)ᵀ + b`` where gate ``z_h`` covers the ``d`` input columns of head ``h``. One
     gate's group is counted as the head's query, key and value rows and its out-projection
     columns: ``4 · out_features · d`` weights (the projections live in the attention module;
-    :meth:`group_sq_norms` sees the out-projection columns only).
+    :meth:`group_sq_norms` sees the out-projection columns only). Its :meth:`dense_module` folds
+    the test-time gates in and removes no head (the block's purge does).
 
     Args:
         in_features: Width of the heads' concatenated outputs (``H · d``).
@@ -159,26 +160,15 @@ class HeadGatedLinear(GatedLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if num_heads <= 0 or in_features % num_heads:
-            raise ValueError(
-                f"HeadGatedLinear: num_heads={num_heads} must divide in_features={in_features}"
-            )
-        head_dim = in_features // num_heads
         super().__init__(
-            (num_heads,),
-            4 * out_features * head_dim,
-            structured=True,
+            in_features,
+            out_features,
+            num_heads,
             droprate_init=droprate_init,
             distribution=distribution,
+            width_name="in_features",
         )
-        self.in_features = in_features
-        self.out_features = out_features
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.zeros(out_features, in_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
-        self.log_alpha.data = self.log_alpha.data.to(**factory)
+        self._init_linear(in_features, out_features, bias, device, dtype, fill=torch.zeros)
 
     @classmethod
     def from_dense(
@@ -200,21 +190,14 @@ class HeadGatedLinear(GatedLayer):
         Returns:
             A new :class:`HeadGatedLinear`.
         """
-        layer = cls(
+        return cls._copy_of(
+            linear,
             linear.in_features,
             linear.out_features,
             num_heads,
-            linear.bias is not None,
             droprate_init=droprate_init,
             distribution=distribution,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if layer.bias is not None and linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer.train(linear.training)
 
     @property
     def num_gated_params(self) -> int:
@@ -224,29 +207,6 @@ class HeadGatedLinear(GatedLayer):
     def group_sq_norms(self) -> Tensor:
         """Squared norm of each head's out-projection columns."""
         return self.weight.square().view(self.out_features, self.num_heads, -1).sum((0, 2))
-
-    def gate_weight(self, gates: Tensor) -> Tensor:
-        """``W`` with head ``h``'s columns scaled by ``z_h``."""
-        return self.weight * gates.to(self.weight.dtype).repeat_interleave(self.head_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the out projection with sampled (train) or median (eval) head gates."""
-        return F.linear(x, self.gate_weight(self.gates()), self.bias)
-
-    @torch.no_grad()
-    def dense_module(self) -> nn.Linear:
-        """Plain :class:`torch.nn.Linear` with the test-time gates folded in (no head removed)."""
-        out = nn.Linear(
-            self.in_features,
-            self.out_features,
-            self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        out.weight.copy_(self.gate_weight(self.test_gates()))
-        if self.bias is not None:
-            out.bias.copy_(self.bias)
-        return out
 
     def extra_repr(self) -> str:
         """Shape and gating summary."""

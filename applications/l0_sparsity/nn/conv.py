@@ -1,9 +1,12 @@
 """The gated 2-D convolution :class:`L0Conv2d`.
 
 Structured gates act on output filters: one gate per filter, governing its
-``in_channels / groups · kh · kw`` weights and its bias. Unstructured gates have the shape of the
-weight and leave the bias ungated. A structured conv followed by a BatchNorm hands its gates to
-that norm (:mod:`~l0_sparsity.nn.batchnorm`) and runs ungated itself.
+``in_channels / groups · kh · kw`` weights and its bias, or one gate per block of
+``channels_per_gate`` consecutive filters (the producer of a grouped convolution that follows its
+gates, :mod:`~l0_sparsity.nn.following`: a group's input channels then live or die together).
+Unstructured gates have the shape of the weight and leave the bias ungated. A structured conv
+followed by a BatchNorm hands its gates to that norm (:mod:`~l0_sparsity.nn.batchnorm`) and runs
+ungated itself.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ __all__ = ["L0Conv2d"]
 class L0Conv2d(GatedLayer):
     """2-D convolution with hard-concrete gates.
 
-    Structured gates act on output filters (``z`` has ``out_channels`` entries, each governing
-    ``in_channels / groups · kh · kw`` weights and the filter's bias); unstructured gates have
+    Structured gates act on output filters (``z`` has ``out_channels / channels_per_gate``
+    entries, each governing ``channels_per_gate`` consecutive filters: their
+    ``in_channels / groups · kh · kw`` weights each and their biases); unstructured gates have
     the shape of the weight and leave the bias ungated. Only zero padding is supported.
 
     When ``gate_in_norm`` is set (done by :func:`~l0_sparsity.nn.sparsifying.sparsify` for a
@@ -44,8 +48,14 @@ class L0Conv2d(GatedLayer):
         structured: Output-filter gates (``True``) or one gate per weight (``False``).
         droprate_init: Initial drop rate ``p`` of the gates.
         distribution: Hard-concrete parameters; defaults to β = 2/3, γ = −0.1, ζ = 1.1.
+        channels_per_gate: Consecutive filters one structured gate governs (a divisor of
+            ``out_channels``; 1 for unstructured gates).
         device: Device of the parameters.
         dtype: Floating dtype of the parameters.
+
+    Raises:
+        ValueError: If the channels do not divide by ``groups``, or ``channels_per_gate`` does
+            not divide ``out_channels`` (or is not 1 for unstructured gates).
     """
 
     def __init__(
@@ -62,16 +72,23 @@ class L0Conv2d(GatedLayer):
         structured: bool = True,
         droprate_init: float = 0.5,
         distribution: HardConcrete | None = None,
+        channels_per_gate: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
+        if channels_per_gate < 1 or out_channels % channels_per_gate:
+            raise ValueError(
+                f"channels_per_gate={channels_per_gate} must divide out_channels={out_channels}"
+            )
+        if channels_per_gate != 1 and not structured:
+            raise ValueError("channels_per_gate needs structured gates")
         ks = _pair(kernel_size)
         weight_shape = (out_channels, in_channels // groups, *ks)
-        group = in_channels // groups * ks[0] * ks[1]
+        group = channels_per_gate * in_channels // groups * ks[0] * ks[1]
         super().__init__(
-            (out_channels,) if structured else weight_shape,
+            (out_channels // channels_per_gate,) if structured else weight_shape,
             group if structured else 1,
             structured=structured,
             droprate_init=droprate_init,
@@ -105,14 +122,16 @@ class L0Conv2d(GatedLayer):
         structured: bool = True,
         droprate_init: float = 0.5,
         distribution: HardConcrete | None = None,
+        channels_per_gate: int = 1,
     ) -> L0Conv2d:
-        """Gated copy of ``conv`` (same weights, geometry, device and dtype).
+        """Gated copy of ``conv`` (same weights, geometry, device, dtype and mode).
 
         Args:
             conv: The dense convolution to copy (zero padding only).
             structured: Output-filter gates or one gate per weight.
             droprate_init: Initial drop rate of the gates.
             distribution: Hard-concrete parameters.
+            channels_per_gate: Consecutive filters one structured gate governs.
 
         Returns:
             A new :class:`L0Conv2d`.
@@ -122,30 +141,57 @@ class L0Conv2d(GatedLayer):
         """
         if conv.padding_mode != "zeros":
             raise ValueError(f"only zero padding is supported, got {conv.padding_mode!r}")
-        return cls._copy_of(
-            conv,
+        layer = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            conv.kernel_size,  # type: ignore[arg-type]
+            conv.stride,  # type: ignore[arg-type]
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,  # type: ignore[arg-type]
             conv.groups,
+            conv.bias is not None,
             structured=structured,
             droprate_init=droprate_init,
             distribution=distribution,
+            channels_per_gate=channels_per_gate,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None and layer.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer.train(conv.training)
+
+    @property
+    def channels_per_gate(self) -> int:
+        """Consecutive filters one structured gate governs (1 for unstructured gates)."""
+        return self.out_channels // self.num_gates if self.structured else 1
+
+    def filter_gates(self, gates: Tensor) -> Tensor:
+        """Structured gates repeated to one per filter (each over its block of filters).
+
+        Args:
+            gates: Gate values shaped like ``log_alpha`` (structured).
+
+        Returns:
+            One value per output filter.
+        """
+        k = self.channels_per_gate
+        return gates if k == 1 else gates.repeat_interleave(k)
 
     def group_sq_norms(self) -> Tensor:
         """Squared norm of each filter (structured) or each weight squared."""
         sq = self.weight.square()
-        return sq.sum((1, 2, 3)) if self.structured else sq
+        if not self.structured:
+            return sq
+        return sq.sum((1, 2, 3)).view(-1, self.channels_per_gate).sum(1)
 
     def gate_weight(self, gates: Tensor) -> Tensor:
-        """``W ⊙ z`` (output-filter gates broadcast over a filter's weights)."""
+        """``W ⊙ z`` (output-filter gates broadcast over their filters' weights)."""
         gates = gates.to(self.weight.dtype)
         if self.structured:
-            gates = gates.view(-1, 1, 1, 1)
+            gates = self.filter_gates(gates).view(-1, 1, 1, 1)
         return self.weight * gates
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -158,7 +204,7 @@ class L0Conv2d(GatedLayer):
         z = self.gates()
         bias = self.bias
         if self.structured and bias is not None:
-            bias = bias * z.to(bias.dtype)
+            bias = bias * self.filter_gates(z).to(bias.dtype)
         return self._conv(x, self.gate_weight(z), bias)
 
     @torch.no_grad()
@@ -188,7 +234,7 @@ class L0Conv2d(GatedLayer):
             return out
         out.weight.copy_(self.gate_weight(z))
         if self.bias is not None:
-            out.bias.copy_(self.bias * z if self.structured else self.bias)
+            out.bias.copy_(self.bias * self.filter_gates(z) if self.structured else self.bias)
         return out
 
     def extra_repr(self) -> str:
@@ -202,6 +248,8 @@ class L0Conv2d(GatedLayer):
         if self.groups != 1:
             s += f", groups={self.groups}"
         s += f", bias={self.bias is not None}, {self._gate_repr()}"
+        if self.channels_per_gate != 1:
+            s += f", channels_per_gate={self.channels_per_gate}"
         if self.gate_in_norm:
             s += ", gate_in_norm=True"
         return s

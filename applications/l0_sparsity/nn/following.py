@@ -1,28 +1,39 @@
-"""Depthwise convolutions that follow the channel gates of the convolution feeding them.
+"""Grouped convolutions that follow the channel gates of the convolution feeding them.
 
-A depthwise convolution (``groups == in_channels == out_channels``) computes output channel
-``c`` from input channel ``c`` alone. When a structured convolution ``P`` feeds it through
-channel-wise ops that map 0 to 0, a channel that ``P``'s gates kill reaches the depthwise
-convolution as exact zeros, so its filter ``c`` has nothing to read: the depthwise convolution
-*follows* ``P``'s gates and a purge drops its filter ``c`` together with ``P``'s.
+A grouped convolution ``G`` (``groups > 1``: depthwise ones, depthwise ones with a channel
+multiplier, ResNeXt / RegNet group convolutions) computes the output channels of group ``j`` from
+the ``n = in_channels / groups`` input channels of group ``j`` alone. When a structured
+convolution ``P`` feeds it through channel-wise ops that map 0 to 0 and ``P``'s gates each decide
+a block of ``n`` consecutive channels (``P``'s ``channels_per_gate``; one gate per channel for a
+depthwise ``G``), a group whose gate ``P`` kills reaches ``G`` as exact zeros, so the group's
+filters have nothing to read: ``G`` *follows* ``P``'s gates and a purge drops whole groups of
+``G`` together with ``P``'s channels (it rebuilds ``G`` with fewer groups).
 
-Its BatchNorm would still turn those zeros into a constant (its shift), so
+``G``'s BatchNorm would still turn those zeros into a constant (its shift), so
 :func:`~l0_sparsity.nn.sparsifying.sparsify` gates that norm with ``P``'s gates: a
-:class:`~l0_sparsity.nn.batchnorm.GatedBatchNorm2d` whose ``gate_layer`` is ``P``. In a training
-pass both norms must apply the *same* sample of ``P``'s gates; :func:`share_gates` installs the
-two forward pre-hooks that hand the leader's sample to the follower.
+:class:`~l0_sparsity.nn.batchnorm.GatedBatchNorm2d` whose ``gate_layer`` is ``P`` (each gate
+applying to the ``out_channels / groups`` channels of its group). In a training pass both norms
+must apply the *same* sample of ``P``'s gates; :func:`share_gates` installs the two forward
+pre-hooks that hand the leader's sample to the follower.
+
+:func:`find_followers` decides which grouped convs follow (and so which producers get gates tied
+per group) and says why the others cannot; those stay dense and are reported.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, fx, nn
 
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
+from l0_sparsity.nn.channel_ops import keeps_zeros
 
 __all__ = [
+    "Followers",
     "SharedGates",
+    "can_follow",
     "find_followers",
     "gate_follower_norms",
     "is_depthwise",
@@ -45,6 +56,22 @@ def is_depthwise(conv: nn.Module) -> bool:
     return groups > 1 and groups == in_channels == out_channels
 
 
+def can_follow(conv: nn.Module, block: int) -> bool:
+    """Whether a plain grouped conv can follow gates that decide its input channels in blocks.
+
+    Args:
+        conv: Any module.
+        block: Consecutive input channels that one gate decides.
+
+    Returns:
+        ``True`` for an ``nn.Conv2d`` with ``groups > 1`` whose groups each read channels of one
+        gate: ``in_channels / groups`` divides ``block``.
+    """
+    if type(conv) is not nn.Conv2d or conv.groups == 1:
+        return False
+    return block % (conv.in_channels // conv.groups) == 0
+
+
 class SharedGates:
     """Forward pre-hooks making ``follower`` apply the gate sample that ``leader`` applies.
 
@@ -56,7 +83,7 @@ class SharedGates:
 
     Args:
         leader: The norm right after the convolution whose gates both apply.
-        follower: The norm after the depthwise convolution that follows it.
+        follower: The norm after the grouped convolution that follows it.
 
     Raises:
         ValueError: If the two norms do not apply the gates of the same convolution.
@@ -95,7 +122,7 @@ def share_gates(leader: GatedBatchNorm2d, follower: GatedBatchNorm2d) -> SharedG
     Args:
         leader: The norm (a :class:`~l0_sparsity.nn.batchnorm.GatedBatchNorm2d`) right after
             the convolution whose gates it applies.
-        follower: A norm applying the same convolution's gates after a depthwise convolution
+        follower: A norm applying the same convolution's gates after a grouped convolution
             that follows it.
 
     Returns:
@@ -104,49 +131,117 @@ def share_gates(leader: GatedBatchNorm2d, follower: GatedBatchNorm2d) -> SharedG
     return SharedGates(leader, follower)
 
 
-def find_followers(
-    graph: fx.Graph | None, targets: dict[str, nn.Module], pairs: dict[str, str]
-) -> dict[str, str]:
-    """The depthwise convs about to be gated that should follow their producer's gates instead.
+@dataclass(frozen=True)
+class Followers:
+    """The grouped convs that follow the gates of the conv feeding them (:func:`find_followers`).
 
-    A depthwise conv follows a conv ``P`` when ``P`` (an ungrouped conv about to be gated) is
-    paired with a BatchNorm, that norm's output reaches the depthwise conv through a chain of
-    single-input nodes used nowhere else, and the depthwise conv is paired with a BatchNorm of
-    its own. Whether the chain maps zeros to zeros is checked where the purge reads the graph
-    (:meth:`~l0_sparsity.nn.graph.GatedGraph.consumers`); where it does not, the depthwise conv
-    keeps its full width and its norm applies ``P``'s gates, which the purge folds in exactly.
+    Attributes:
+        producers: Follower conv name → name of the conv whose gates it follows.
+        ties: Producer name → its ``channels_per_gate`` where above 1 (a follower's
+            ``in_channels / groups``).
+        refused: Name of each grouped conv offered (other than depthwise ones to gate) that
+            cannot follow → why.
+    """
+
+    producers: dict[str, str] = field(default_factory=dict)
+    ties: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def find_followers(
+    graph: fx.Graph | None,
+    modules: dict[str, nn.Module],
+    targets: dict[str, nn.Module],
+    grouped: dict[str, nn.Module],
+    pairs: dict[str, str],
+) -> Followers:
+    """The grouped convs that should follow their producer's gates instead of being gated.
+
+    A grouped conv ``G`` follows a conv ``P`` when ``P`` (an ungrouped conv about to be gated)
+    is paired with a BatchNorm, that norm's output reaches ``G`` through a chain of
+    single-input nodes used nowhere else, ``G`` is paired with a BatchNorm of its own and
+    ``P``'s width is ``G``'s input width. Where ``G``'s groups read several channels each
+    (``n = in_channels / groups > 1``), ``P`` gets one gate per ``n`` channels, and the chain
+    must keep zeros at zero (activations with ``f(0) = 0``, pooling): otherwise tying ``P``'s
+    gates would buy nothing. A depthwise conv (``n = 1``) follows after any such chain: where
+    the chain does not keep zeros, the purge keeps its full width and its norm applies ``P``'s
+    gates, which the purge folds in exactly
+    (:meth:`~l0_sparsity.nn.graph.GatedGraph.consumers` checks).
 
     Args:
         graph: The traced dense model (``None`` if it does not trace: no followers).
-        targets: The layers about to be gated, by qualified name.
+        modules: The model's modules by qualified name.
+        targets: The layers about to be gated, by qualified name (depthwise convs among them
+            may follow instead).
+        grouped: Other plain grouped convs, which stay dense unless they follow.
         pairs: Conv name → name of the BatchNorm that is its only consumer.
 
     Returns:
-        Depthwise conv name → producer conv name.
+        The followers, their producers' gate ties, and why each of ``grouped`` that does not
+        follow cannot.
     """
+    found = Followers()
     if graph is None:
-        return {}
+        found.refused.update(dict.fromkeys(grouped, "the model does not trace with torch.fx"))
+        return found
     leaders = {
         norm: conv
         for conv, norm in pairs.items()
         if conv in targets and getattr(targets[conv], "groups", 0) == 1
     }
-    found: dict[str, str] = {}
     for node in graph.nodes:
         name = str(node.target)
-        if node.op != "call_module" or name not in targets or name not in pairs:
+        if node.op != "call_module" or not (name in grouped or name in targets):
             continue
-        if not is_depthwise(targets[name]) or not node.all_input_nodes:
+        conv = modules[name]
+        if name in targets and not is_depthwise(conv):
             continue
-        cur = node.all_input_nodes[0]
-        while len(cur.users) == 1:
-            if cur.op == "call_module" and str(cur.target) in leaders:
-                found[name] = leaders[str(cur.target)]
-                break
-            if len(cur.all_input_nodes) != 1:
-                break
-            cur = cur.all_input_nodes[0]
+        why = _why_not(node, conv, modules, leaders, pairs)
+        if isinstance(why, str):
+            if name in grouped:
+                found.refused[name] = why
+            continue
+        producer, tie = why
+        found.producers[name] = producer
+        if tie > 1:
+            found.ties[producer] = tie
     return found
+
+
+def _why_not(
+    node: fx.Node,
+    conv: nn.Module,
+    modules: dict[str, nn.Module],
+    leaders: dict[str, str],
+    pairs: dict[str, str],
+) -> str | tuple[str, int]:
+    """Why the grouped conv at ``node`` cannot follow, or ``(producer, channels per gate)``."""
+    if str(node.target) not in pairs:
+        return "no BatchNorm2d of its own is its only consumer"
+    tie = conv.in_channels // conv.groups
+    cur = node.all_input_nodes[0] if len(node.all_input_nodes) == 1 else None
+    blocker: fx.Node | None = None
+    while cur is not None and len(cur.users) == 1:
+        if cur.op == "call_module" and str(cur.target) in leaders:
+            producer = leaders[str(cur.target)]
+            width = modules[producer].out_channels
+            if width != conv.in_channels:
+                return f"{producer} has {width} channels, it reads {conv.in_channels}"
+            if tie > 1 and blocker is not None:
+                return (
+                    f"{blocker.name!r} between {producer}'s BatchNorm2d and it may not keep "
+                    "zeros at zero"
+                )
+            return producer, tie
+        if len(cur.all_input_nodes) != 1:
+            break
+        if blocker is None and not keeps_zeros(cur, modules):
+            blocker = cur
+        cur = cur.all_input_nodes[0]
+    return (
+        "its input is not the output of an ungrouped conv to gate and that conv's BatchNorm2d "
+        "(through single-input ops nothing else reads)"
+    )
 
 
 def gate_follower_norms(
@@ -158,7 +253,7 @@ def gate_follower_norms(
 
     Args:
         model: The model being sparsified.
-        followers: Depthwise conv name → producer conv name (:func:`find_followers`).
+        followers: Follower conv name → producer conv name (:attr:`Followers.producers`).
         pairs: Conv name → name of its BatchNorm; the producers' norms are already gated.
 
     Returns:

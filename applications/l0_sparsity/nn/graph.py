@@ -13,100 +13,17 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
+from l0_sparsity.nn.channel_ops import is_elementwise, is_flatten, is_pool, tensor_args_only
 from l0_sparsity.nn.conv import L0Conv2d
-from l0_sparsity.nn.following import is_depthwise
+from l0_sparsity.nn.following import can_follow
 from l0_sparsity.nn.linear import L0Linear
 from l0_sparsity.nn.sparsifying import GateLeafTracer
 
 __all__ = ["GatedGraph"]
-
-# Channel-wise ops that map a channel of zeros to a channel of zeros.
-_ZERO_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-)
-_ZERO_PRESERVING_FUNCTIONS: set[Any] = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    torch.tanh,
-    F.hardtanh,
-    F.hardswish,
-    F.dropout,
-    F.dropout2d,
-}
-_ZERO_PRESERVING_METHODS = {"relu", "tanh"}
-_POOL_MODULES: tuple[type[nn.Module], ...] = (
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-)
-_POOL_FUNCTIONS: set[Any] = {
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-}
-
-
-def _tensor_args_only(node: fx.Node, first: fx.Node) -> bool:
-    """Whether ``first`` is the node's first argument and no other argument is a node."""
-    args = list(node.args) + list(node.kwargs.values())
-    if not args or args[0] is not first:
-        return False
-    return not any(isinstance(a, fx.Node) for a in args[1:])
-
-
-def _is_elementwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[str(node.target)], _ZERO_PRESERVING_MODULES)
-    if node.op == "call_function":
-        return node.target in _ZERO_PRESERVING_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _ZERO_PRESERVING_METHODS
-    return False
-
-
-def _is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[str(node.target)], _POOL_MODULES)
-    return node.op == "call_function" and node.target in _POOL_FUNCTIONS
-
-
-def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """``flatten(x, 1)`` / ``x.flatten(1)`` / ``nn.Flatten()`` (channels-major features)."""
-    if node.op == "call_module":
-        m = modules[str(node.target)]
-        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if (node.op == "call_function" and node.target is torch.flatten) or (
-        node.op == "call_method" and node.target == "flatten"
-    ):
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
-    return False
 
 
 def _make_picklable(graph: fx.Graph) -> None:
@@ -177,21 +94,23 @@ class GatedGraph:
         if len(users) == 1:
             norm = self.module(users[0])
             if isinstance(norm, GatedBatchNorm2d) and norm.gate_layer is conv:
-                if self.single_call(users[0]) and _tensor_args_only(users[0], node):
+                if self.single_call(users[0]) and tensor_args_only(users[0], node):
                     return users[0]
         return None
 
     def consumers(
-        self, start: fx.Node, channels: int, conv: nn.Module | None = None
+        self, start: fx.Node, channels: int, conv: nn.Module | None = None, block: int = 1
     ) -> list[tuple[fx.Node, bool]] | None:
         """Layers that read ``start``'s channels through zero-preserving ops, or ``None``.
 
         Returns ``(node, flattened)`` pairs: convolutions (``flattened=False``) and linear
-        layers after a channels-major flatten (``True``). A plain depthwise convolution that
-        outputs zeros for zero inputs
-        (:meth:`~l0_sparsity.nn.graph.GatedGraph.follower_output`) is returned too: it follows the
-        channels of ``conv``, the convolution whose gates decide ``start``'s channels, and the
-        layers reading its output are found by a search of their own from there.
+        layers after a channels-major flatten (``True``). A plain grouped convolution (depthwise
+        ones included) whose groups each read channels of one gate (``block`` consecutive
+        channels share a gate: :func:`~l0_sparsity.nn.following.can_follow`) and that outputs
+        zeros for zero inputs (:meth:`~l0_sparsity.nn.graph.GatedGraph.follower_output`) is
+        returned too: it follows the channels of ``conv``, the convolution whose gates decide
+        ``start``'s channels, and the layers reading its output are found by a search of their
+        own from there.
         """
         found: list[tuple[fx.Node, bool]] = []
         stack = [(start, False)]
@@ -203,15 +122,15 @@ class GatedGraph:
                     continue
                 seen.add(user)
                 module = self.module(user)
-                if not _tensor_args_only(user, cur):
+                if not tensor_args_only(user, cur):
                     return None
-                if _is_elementwise(user, self.modules) or (
-                    not flat and _is_pool(user, self.modules)
-                ):
+                if is_elementwise(user, self.modules) or (not flat and is_pool(user, self.modules)):
                     stack.append((user, flat))
-                elif not flat and _is_flatten(user, self.modules):
+                elif not flat and is_flatten(user, self.modules):
                     stack.append((user, True))
-                elif not flat and isinstance(module, nn.Conv2d) and is_depthwise(module):
+                elif not flat and isinstance(module, nn.Conv2d) and module.groups > 1:
+                    if not can_follow(module, block):
+                        return None
                     if self.follower_output(user, channels, conv) is None:
                         return None
                     found.append((user, False))
@@ -237,7 +156,7 @@ class GatedGraph:
     def follower_output(
         self, node: fx.Node, channels: int, conv: nn.Module | None
     ) -> fx.Node | None:
-        """Where a plain depthwise conv reading ``channels`` outputs zeros for zero inputs.
+        """Where a plain grouped conv reading ``channels`` outputs zeros for zero inputs.
 
         Its :class:`~l0_sparsity.nn.GatedBatchNorm2d` applying ``conv``'s gates (set by
         :func:`~l0_sparsity.nn.sparsify`), or the conv itself when it has no bias; ``None``
@@ -252,7 +171,7 @@ class GatedGraph:
         if len(users) == 1 and conv is not None:
             norm = self.module(users[0])
             if isinstance(norm, GatedBatchNorm2d) and norm.gate_layer is conv:
-                if self.single_call(users[0]) and _tensor_args_only(users[0], node):
+                if self.single_call(users[0]) and tensor_args_only(users[0], node):
                     return users[0]
         return node if module.bias is None else None
 
@@ -264,7 +183,7 @@ class GatedGraph:
             if isinstance(module, nn.Linear | L0Linear):
                 ok = module.out_features == features and self.single_call(cur)
                 return cur if ok else None
-            if not (_is_elementwise(cur, self.modules) and cur.args):
+            if not (is_elementwise(cur, self.modules) and cur.args):
                 return None
             cur = cur.args[0]
         return None

@@ -2,10 +2,15 @@
 
 Structured gates act on input neurons: one gate per input feature, governing a column of
 ``out_features`` weights. Unstructured gates have the shape of ``W``. The bias is not gated.
+
+:class:`GatedLinear` is what every gated linear map shares (its parameters, forward pass and
+purged :class:`torch.nn.Linear`), whatever its gates govern: :class:`L0Linear` and the head-gated
+out projection :class:`~l0_sparsity.nn.bert.HeadGatedLinear` derive from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,10 +20,58 @@ from torch import Tensor, nn
 from l0_sparsity.nn.base import GatedLayer, default_init
 from l0_sparsity.nn.gates import HardConcrete
 
-__all__ = ["L0Linear"]
+__all__ = ["GatedLinear", "L0Linear"]
 
 
-class L0Linear(GatedLayer):
+class GatedLinear(GatedLayer):
+    """A gated linear map ``y = x (W ⊙ z)ᵀ + b``, ``W`` of shape ``(out_features, in_features)``.
+
+    Subclasses choose the gates (:meth:`gate_weight`, :meth:`group_sq_norms`) and create the
+    parameters with :meth:`_init_linear`; the forward pass and the purged layer are shared.
+    """
+
+    in_features: int
+    out_features: int
+
+    def _init_linear(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        *,
+        fill: Callable[..., Tensor] = torch.empty,
+    ) -> None:
+        """Set the shape, create ``weight`` and ``bias`` with ``fill``, move ``log_alpha`` alike."""
+        self.in_features = in_features
+        self.out_features = out_features
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(fill(out_features, in_features, **factory))
+        self.bias = nn.Parameter(fill(out_features, **factory)) if bias else None
+        self.log_alpha.data = self.log_alpha.data.to(**factory)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the gated linear map with freshly sampled (train) or median (eval) gates."""
+        return F.linear(x, self.gate_weight(self.gates()), self.bias)
+
+    @torch.no_grad()
+    def dense_module(self) -> nn.Linear:
+        """Plain :class:`torch.nn.Linear` with the test-time gates folded into the weight."""
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        out.weight.copy_(self.gate_weight(self.test_gates()))
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+
+class L0Linear(GatedLinear):
     """Linear layer ``y = x (W ⊙ z)ᵀ + b`` with hard-concrete gates.
 
     Structured gates act on input neurons (``z`` has ``in_features`` entries, each governing a
@@ -56,12 +109,7 @@ class L0Linear(GatedLayer):
             droprate_init=droprate_init,
             distribution=distribution,
         )
-        self.in_features = in_features
-        self.out_features = out_features
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        self.log_alpha.data = self.log_alpha.data.to(**factory)
+        self._init_linear(in_features, out_features, bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -105,25 +153,6 @@ class L0Linear(GatedLayer):
     def gate_weight(self, gates: Tensor) -> Tensor:
         """``W ⊙ z`` (input-neuron gates broadcast over rows)."""
         return self.weight * gates.to(self.weight.dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the gated linear map with freshly sampled (train) or median (eval) gates."""
-        return F.linear(x, self.gate_weight(self.gates()), self.bias)
-
-    @torch.no_grad()
-    def dense_module(self) -> nn.Linear:
-        """Plain :class:`torch.nn.Linear` with the test-time gates folded into the weight."""
-        out = nn.Linear(
-            self.in_features,
-            self.out_features,
-            self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        out.weight.copy_(self.gate_weight(self.test_gates()))
-        if self.bias is not None:
-            out.bias.copy_(self.bias)
-        return out
 
     def extra_repr(self) -> str:
         """Shape and gating summary."""

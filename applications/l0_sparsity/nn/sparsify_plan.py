@@ -2,8 +2,10 @@
 
 :func:`plan_layers` sorts the layers of a model into those to gate, those ``skip`` keeps dense
 and those that cannot be gated, checks ``skip`` and refuses, before anything is modified, what
-``sparsify`` cannot do. :func:`with_head_gates` updates a plan once attention layers got head
-gates (:func:`~l0_sparsity.nn.transformer.gate_attention`).
+``sparsify`` cannot do. :func:`grouped_convs` names the grouped convs it leaves dense unless they
+follow the gates of the conv feeding them (:mod:`~l0_sparsity.nn.following`);
+:func:`with_followers` updates a plan once that is decided, and :func:`with_head_gates` once
+attention layers got head gates (:func:`~l0_sparsity.nn.transformer.gate_attention`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ from torch import nn
 from l0_sparsity.nn.attention import unsupported_attention
 from l0_sparsity.nn.base import GatedLayer, gated_layers
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
-from l0_sparsity.nn.following import is_depthwise
+from l0_sparsity.nn.following import Followers, is_depthwise
 from l0_sparsity.nn.sparsify_report import listed_names
 from l0_sparsity.nn.transformer import AttentionGating
 
-__all__ = ["LayerPlan", "SkipSpec", "attention_skip_predicate", "plan_layers", "with_head_gates"]
+__all__ = [
+    "LayerPlan",
+    "SkipSpec",
+    "attention_skip_predicate",
+    "grouped_convs",
+    "plan_layers",
+    "with_followers",
+    "with_head_gates",
+]
 
 SkipSpec = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 """Layers to leave dense in :func:`~l0_sparsity.sparsify`.
@@ -66,10 +76,7 @@ def _not_gateable(module: nn.Module) -> str | None:
         if _hooked(module):
             return f"{type(module).__name__} with hooks"
         if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
-            return (
-                f"grouped Conv2d (groups={module.groups}, {module.in_channels} -> "
-                f"{module.out_channels} channels): a purge cannot remove its filters exactly"
-            )
+            return _grouped(module, "a purge cannot remove its filters exactly")
         return None
     if type(module) is nn.MultiheadAttention:  # gate_attention gates the ones it can
         return unsupported_attention(module) or "MultiheadAttention"
@@ -78,6 +85,12 @@ def _not_gateable(module: nn.Module) -> str | None:
     if any(isinstance(p, uninitialized) or p.dim() >= 2 for p in own):
         return type(module).__name__
     return None
+
+
+def _grouped(conv: nn.Conv2d, why: str) -> str:
+    """The reason a grouped conv is left dense, for the report."""
+    shape = f"groups={conv.groups}, {conv.in_channels} -> {conv.out_channels} channels"
+    return f"grouped Conv2d ({shape}): {why}"
 
 
 @dataclass(frozen=True)
@@ -218,3 +231,44 @@ def with_head_gates(model: nn.Module, plan: LayerPlan, attention: AttentionGatin
         targets=[(h, model.get_submodule(h)) for h in heads] + targets,
         not_gateable=tuple((n, why) for n, why in plan.not_gateable if not inside(n)),
     )
+
+
+def grouped_convs(model: nn.Module, plan: LayerPlan) -> dict[str, nn.Module]:
+    """The grouped convs ``plan`` leaves dense that may follow the gates of the conv feeding them.
+
+    Args:
+        model: The model :func:`~l0_sparsity.sparsify` is given.
+        plan: Its plan (grouped convs other than depthwise ones are not gateable there).
+
+    Returns:
+        Plain grouped ``nn.Conv2d`` layers without hooks that ``skip`` did not name, by name.
+    """
+    found: dict[str, nn.Module] = {}
+    for name, _ in plan.not_gateable:
+        module = model.get_submodule(name)
+        if type(module) is nn.Conv2d and module.groups > 1 and not _hooked(module):
+            found[name] = module
+    return found
+
+
+def with_followers(model: nn.Module, plan: LayerPlan, followers: Followers) -> LayerPlan:
+    """``plan`` without the grouped convs that follow, saying why the others cannot.
+
+    Args:
+        model: The model, not yet modified.
+        plan: Its plan.
+        followers: What :func:`~l0_sparsity.nn.following.find_followers` decided.
+
+    Returns:
+        The plan whose ``not_gateable`` lists the grouped convs that stay dense, each with the
+        reason it cannot follow.
+    """
+    not_gateable = []
+    for name, why in plan.not_gateable:
+        if name in followers.producers:
+            continue
+        if name in followers.refused:
+            conv = model.get_submodule(name)
+            why = _grouped(conv, f"cannot follow the conv feeding it: {followers.refused[name]}")
+        not_gateable.append((name, why))
+    return dataclasses.replace(plan, not_gateable=tuple(not_gateable))

@@ -25,9 +25,10 @@ class SparsifyReport:
             and left dense (e.g. ``nn.MultiheadAttention``, ``nn.Conv1d``, ``nn.Embedding``, a
             ``Linear`` with hooks); ``skip`` patterns naming them are not counted here.
         unmatched_patterns: The ``skip`` glob patterns that matched no layer.
-        followers: ``(depthwise conv, producer conv)``: depthwise convolutions left ungated
-            because they follow the channel gates of the convolution feeding them (a purge
-            drops their filters with that producer's channels; :mod:`~l0_sparsity.nn.following`).
+        followers: ``(grouped conv, producer conv)``: grouped convolutions (depthwise ones
+            included) left ungated because they follow the channel gates of the convolution
+            feeding them (a purge drops their groups with that producer's channels;
+            :mod:`~l0_sparsity.nn.following`).
     """
 
     model: str
@@ -47,7 +48,7 @@ class SparsifyReport:
             parts.append(f"BatchNorm2d gated after their conv: {listed_names(self.gated_norms)}")
         if self.followers:
             listed = listed_names(tuple(f"{dw} (follows {conv})" for dw, conv in self.followers))
-            parts.append(f"depthwise convs following their producer's gates: {listed}")
+            parts.append(f"grouped convs following their producer's gates: {listed}")
         if self.skipped:
             parts.append(f"kept dense by skip: {listed_names(self.skipped)}")
         if self.not_gateable:

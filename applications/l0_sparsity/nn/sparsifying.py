@@ -26,7 +26,7 @@ from torch import nn
 from l0_sparsity.nn.base import GatedLayer, gated_layers
 from l0_sparsity.nn.batchnorm import GatedBatchNorm2d
 from l0_sparsity.nn.conv import L0Conv2d
-from l0_sparsity.nn.following import find_followers, gate_follower_norms
+from l0_sparsity.nn.following import Followers, find_followers, gate_follower_norms
 from l0_sparsity.nn.gate_set import sample_jointly
 from l0_sparsity.nn.gates import HardConcrete
 from l0_sparsity.nn.linear import L0Linear
@@ -34,7 +34,9 @@ from l0_sparsity.nn.sparsify_plan import (
     LayerPlan,
     SkipSpec,
     attention_skip_predicate,
+    grouped_convs,
     plan_layers,
+    with_followers,
     with_head_gates,
 )
 from l0_sparsity.nn.sparsify_report import SparsifyReport, listed_names
@@ -107,18 +109,22 @@ class _Wiring:
     """How the layers to gate are connected, read before any of them is replaced."""
 
     pairs: dict[str, str]  # structured conv -> the BatchNorm2d that is its only consumer
-    followers: dict[str, str]  # depthwise conv -> the conv whose gates it follows
+    followers: Followers  # grouped convs following the gates of the conv feeding them
     modules: dict[str, nn.Module]  # the model's modules, by qualified name
 
 
 def _wiring(model: nn.Module, plan: LayerPlan, structured: bool) -> _Wiring:
-    """Trace ``model``, refuse reads of the weights to gate, pair convs with norms."""
+    """Trace ``model``, refuse reads of weights to gate, pair convs with norms, find followers."""
     graph = _trace(model) if plan.targets else None
     targets = {name: module for name, module in plan.targets}
     refuse_weight_reads(type(model).__name__, graph, {**targets, **dict(gated_layers(model))})
-    pairs = _conv_bn_pairs(model, graph) if structured and plan.targets else {}
-    followers = find_followers(graph, targets, pairs) if structured else {}
-    return _Wiring(pairs, followers, dict(model.named_modules()))
+    modules = dict(model.named_modules())
+    if not (structured and plan.targets):
+        return _Wiring({}, Followers(), modules)
+    pairs = _conv_bn_pairs(model, graph)
+    grouped = grouped_convs(model, plan)
+    followers = find_followers(graph, modules, targets, grouped, pairs)
+    return _Wiring(pairs, followers, modules)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -148,21 +154,22 @@ def _replace_layers(
         droprate_init=gating["droprate_init"],
         distribution=gating["distribution"],
     )
-    pairs = wiring.pairs
+    pairs, followers = wiring.pairs, wiring.followers
     norms: list[str] = []
     for name, module in plan.targets:
-        if name in wiring.followers or name in attention.claimed:
+        if name in followers.producers or name in attention.claimed:
             continue
         if isinstance(module, nn.Linear):
             _set_submodule(model, name, L0Linear.from_dense(module, **gating))
             continue
-        conv = L0Conv2d.from_dense(module, **gating)
+        tie = followers.ties.get(name, 1)
+        conv = L0Conv2d.from_dense(module, **gating, channels_per_gate=tie)
         _set_submodule(model, name, conv)
         bn = wiring.modules[pairs[name]] if name in pairs else None
         if isinstance(bn, nn.BatchNorm2d):
             _set_submodule(model, pairs[name], GatedBatchNorm2d.from_batchnorm(bn, conv))
             norms.append(pairs[name])
-    norms += gate_follower_norms(model, wiring.followers, pairs)
+    norms += gate_follower_norms(model, followers.producers, pairs)
     return attention, tuple(norms)
 
 
@@ -209,10 +216,10 @@ def sparsify(
     With ``joint_sampling``, each training-mode forward pass of ``model`` then draws the gates
     of all its gated layers in one sample (:func:`~l0_sparsity.nn.gate_set.sample_jointly`).
 
-    A depthwise conv (``groups == in_channels == out_channels``) fed by such a conv-norm pair
+    A grouped conv (depthwise or not: MobileNet, ResNeXt, RegNet) fed by such a conv-norm pair
     and followed by a ``BatchNorm2d`` is not gated itself: it follows the gates of the conv
-    feeding it (its norm applies them too, :mod:`~l0_sparsity.nn.following`), so a purge drops
-    its filters with that conv's channels.
+    feeding it (one per group: ``L0Conv2d.channels_per_gate``) and its norm applies them too,
+    so a purge drops whole groups (:mod:`~l0_sparsity.nn.following`).
 
     With ``structured``, attention gets one gate per head and transformer encoder layers lose
     their gate-skipping fast path (:func:`~l0_sparsity.nn.transformer.gate_attention`: for
@@ -220,11 +227,10 @@ def sparsify(
     blocks; ``skip`` patterns, not predicates, keep an attention layer dense). Otherwise only
     layers of exactly these two types are gated. Other layers holding weights (e.g.
     ``nn.MultiheadAttention`` it cannot gate, ``nn.Conv1d``, ``nn.Embedding``, subclasses
-    of ``nn.Linear``, a ``Linear`` with hooks, grouped convs other than depthwise ones, whose
-    filters a purge cannot remove exactly) are left dense, with a ``UserWarning`` listing
-    them unless a ``skip`` pattern names them. What was done is stored as
-    ``model.sparsify_report`` (a :class:`SparsifyReport`) and logged at INFO level on the
-    ``l0_sparsity.nn.sparsifying`` logger.
+    of ``nn.Linear``, a ``Linear`` with hooks, grouped convs that cannot follow) are left
+    dense, with a ``UserWarning`` listing them and why unless a ``skip`` pattern names them.
+    What was done is stored as ``model.sparsify_report`` (a :class:`SparsifyReport`) and
+    logged at INFO level on the ``l0_sparsity.nn.sparsifying`` logger.
 
     Args:
         model: Any module; modified in place.
@@ -262,11 +268,13 @@ def sparsify(
         raise ValueError("sparsify works in place on a container; wrap the layer first")
     plan = plan_layers(model, skip)
     wiring = _wiring(model, plan, structured)
+    plan = with_followers(model, plan, wiring.followers)
     gating = dict(structured=structured, droprate_init=droprate_init, distribution=distribution)
     keep_dense = attention_skip_predicate(skip, structured)
     attention, norms = _replace_layers(model, plan, wiring, keep_dense, gating)
     if joint_sampling and gated_layers(model):
         sample_jointly(model)
-    report = _report(model, with_head_gates(model, plan, attention), norms, wiring.followers)
+    plan = with_head_gates(model, plan, attention)
+    report = _report(model, plan, norms, wiring.followers.producers)
     model.sparsify_report = report  # type: ignore[assignment]
     return model

@@ -15,12 +15,15 @@ The rules, in the order the analysis applies them:
 
 * a structured, ungrouped :class:`~l0_sparsity.nn.L0Conv2d` called once, whose gated channels
   leave through one node (itself, or its :class:`~l0_sparsity.nn.GatedBatchNorm2d`), keeps its
-  :class:`Kept` filters. The layers that read those channels through zero-preserving ops
+  :class:`Kept` filters (each gate deciding a block of ``channels_per_gate`` of them). The
+  layers that read those channels through zero-preserving ops
   (:meth:`~l0_sparsity.nn.graph.GatedGraph.consumers`: ungrouped convolutions, linear layers
-  after a flatten) keep the same input channels; a plain depthwise convolution on the way
-  (one that :func:`~l0_sparsity.nn.sparsify` left to follow these gates) keeps the same
-  filters, and so does its norm; if anything else reads them (a residual addition, a grouped
-  or gated depthwise conv, a BatchNorm of its own), they are scattered back to full width;
+  after a flatten) keep the same input channels; a plain grouped convolution on the way whose
+  groups each read channels of one gate (one that :func:`~l0_sparsity.nn.sparsify` left to
+  follow these gates, depthwise or not) keeps the filters of the groups it still reads, and so
+  does its norm, and the layers reading its output are read the same way; if anything else
+  reads them (a residual addition, a grouped conv whose groups straddle gates, a gated
+  depthwise conv, a BatchNorm of its own), they are scattered back to full width;
 * a structured, gated depthwise :class:`~l0_sparsity.nn.L0Conv2d` (``groups == in_channels ==
   out_channels``) called once keeps its :class:`Kept` filters and picks the matching channels
   out of its input (``PurgeStructure.picks``); its consumers follow as above;
@@ -30,8 +33,9 @@ The rules, in the order the analysis applies them:
 * a :class:`~l0_sparsity.nn.attention.GatedMultiheadAttention` keeps its :class:`Kept` heads
   (each call is checked by :func:`~l0_sparsity.nn.attention.check_attention_call`).
 
-Everything else keeps its width: unstructured layers, grouped convolutions other than depthwise
-ones, layers called more than once, ungated layers no rule names.
+Everything else keeps its width: unstructured layers, gated grouped convolutions other than
+depthwise ones, plain grouped convolutions that follow no gates, layers called more than once,
+ungated layers no rule names.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ class Kept:
 
     Attributes:
         layer: Module target of the structured gated layer whose gates decide.
-        repeat: Consecutive entries each gate decides (a flattened ``C × H × W`` feature map
-            gives ``H · W`` features per channel gate).
+        repeat: Consecutive entries each gate decides (a conv's ``channels_per_gate``; the
+            filters of a grouped conv's groups that read one gate's channels; a flattened
+            ``C × H × W`` feature map gives ``H · W`` features per channel).
     """
 
     layer: str
@@ -89,19 +94,19 @@ class PurgeStructure:
     Attributes:
         outputs: Rule for the output rows / filters each layer keeps.
         inputs: Rule for the input columns / channels each layer keeps.
-        scatters: ``(node, conv)``: the node carries the kept filters of the conv (target),
-            scattered back to full width with zeros.
+        scatters: ``(node, kept)``: the node carries the channels ``kept`` keeps (of a width
+            of ``kept.repeat`` per gate), scattered back to full width with zeros.
         norms: Target of each :class:`~l0_sparsity.nn.GatedBatchNorm2d` the graph calls → target
-            of the convolution whose gates it applies, when the norm keeps the rows of that
-            conv's output rule (it follows the conv, or a depthwise conv that follows it), or
-            ``None`` when all its rows stay.
+            of the convolution whose output rule the norm's channels follow (the gated conv
+            whose gates it applies, or a grouped conv that follows that conv), or ``None`` when
+            all its rows stay.
         picks: The input channels each gated depthwise convolution picks from its input with
             ``index_select`` (its own kept filters).
     """
 
     outputs: dict[str, Kept] = field(default_factory=dict)
     inputs: dict[str, Width] = field(default_factory=dict)
-    scatters: list[tuple[fx.Node, str]] = field(default_factory=list)
+    scatters: list[tuple[fx.Node, Kept]] = field(default_factory=list)
     norms: dict[str, str | None] = field(default_factory=dict)
     picks: dict[str, Kept] = field(default_factory=dict)
 
@@ -145,41 +150,46 @@ def _read_conv(graph: GatedGraph, structure: PurgeStructure, node: fx.Node, conv
     if out is None:
         return
     target = str(node.target)
-    structure.outputs[target] = Kept(target)
+    kept = Kept(target, conv.channels_per_gate)
+    structure.outputs[target] = kept
     if depthwise:
-        structure.picks[target] = Kept(target)
+        structure.picks[target] = kept
     if out is not node:
         structure.norms[str(out.target)] = target
-    _read_channels(graph, structure, out, conv, target)
+    _read_channels(graph, structure, out, conv.out_channels, kept)
 
 
 def _read_channels(
-    graph: GatedGraph, structure: PurgeStructure, out: fx.Node, conv: L0Conv2d, target: str
+    graph: GatedGraph, structure: PurgeStructure, out: fx.Node, channels: int, kept: Kept
 ) -> None:
-    """The layers reading the conv's channels from ``out`` keep them, or they are scattered back.
+    """The layers reading ``out``'s channels keep them, or they are scattered back.
 
-    A plain depthwise conv on the way keeps the same filters (and its norm the same channels);
-    the layers reading its output are read the same way, from there.
+    ``kept`` is the rule of those ``channels`` (the gates of its layer decide them, ``repeat``
+    consecutive channels each). A plain grouped conv on the way keeps the filters of the groups
+    it still reads (and its norm the same channels); the layers reading its output are read the
+    same way, from there.
     """
-    users = graph.consumers(out, conv.out_channels, conv)
+    conv = graph.modules[kept.layer]
+    users = graph.consumers(out, channels, conv, kept.repeat)
     if users is None:
-        structure.scatters.append((out, target))
+        structure.scatters.append((out, kept))
         return
     for user, flat in users:
         module = graph.module(user)
-        if isinstance(module, nn.Conv2d) and is_depthwise(module):
-            structure.outputs[str(user.target)] = Kept(target)
-            after = graph.follower_output(user, conv.out_channels, conv)
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            filters = Kept(kept.layer, kept.repeat * module.out_channels // channels)
+            structure.outputs[str(user.target)] = filters
+            after = graph.follower_output(user, channels, conv)
             assert after is not None
             if after is not user:
-                structure.norms[str(after.target)] = target
-            _read_channels(graph, structure, after, conv, target)
+                structure.norms[str(after.target)] = str(user.target)
+            _read_channels(graph, structure, after, module.out_channels, filters)
             continue
-        repeat = 1
+        repeat = kept.repeat
         if flat:
             assert isinstance(module, nn.Linear | L0Linear)
-            repeat = module.in_features // conv.out_channels
-        structure.inputs[str(user.target)] = Kept(target, repeat)
+            repeat *= module.in_features // channels
+        structure.inputs[str(user.target)] = Kept(kept.layer, repeat)
 
 
 def _read_linear(

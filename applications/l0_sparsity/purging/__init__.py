@@ -40,6 +40,7 @@ from l0_sparsity.purging.exporting import (
     measure_latency,
     save_purged,
 )
+from l0_sparsity.purging.hf_directory import save_pretrained_pruned
 from l0_sparsity.purging.report import PurgeReport, count_flops, count_params, purge_report
 from l0_sparsity.purging.rewrite import purge
 
@@ -53,5 +54,6 @@ __all__ = [
     "measure_latency",
     "purge",
     "purge_report",
+    "save_pretrained_pruned",
     "save_purged",
 ]

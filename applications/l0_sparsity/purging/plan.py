@@ -65,10 +65,11 @@ def plan_purge(graph: GatedGraph) -> PurgePlan:
         keep = _kept_indices(graph, rule)
         if keep is not None:
             plan.select[target] = keep
-    for node, conv in structure.scatters:
-        keep = _kept_indices(graph, Kept(conv))
+    for node, rule in structure.scatters:
+        keep = _kept_indices(graph, rule)
         if keep is not None:
-            plan.scatter.append((node, _scatter_index(keep, graph.modules[conv].num_gates)))
+            width = graph.modules[rule.layer].num_gates * rule.repeat
+            plan.scatter.append((node, _scatter_index(keep, width)))
     for target, rule in structure.inputs.items():
         if isinstance(rule, Kept):
             keep = _kept_indices(graph, rule)

@@ -87,17 +87,14 @@ def _filled(out: _Layer, weight: Tensor, bias: Tensor | None, training: bool) ->
 def _slice_conv(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None) -> nn.Conv2d:
     """``conv`` keeping ``keep_out`` filters and ``keep_in`` input channels.
 
-    A depthwise conv keeps input channel ``c`` with filter ``c`` (``keep_in`` must be ``None``);
-    any other grouped conv is refused.
+    A grouped conv keeps whole groups (``keep_in`` must be ``None``): the filters of each kept
+    group, which then reads the input channels of that group only; it is rebuilt with fewer
+    groups.
     """
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    if conv.groups > 1 and (not depthwise or keep_in is not None):
-        raise ValueError(
-            f"purge: cannot slice a grouped Conv2d (groups={conv.groups}, {conv.in_channels} -> "
-            f"{conv.out_channels} channels) by channel; only depthwise filters can be dropped"
-        )
+    groups = 1
+    if conv.groups > 1:
+        groups = _kept_groups(conv, keep_out, keep_in)
     weight, bias = _sliced(conv, keep_out, keep_in)
-    groups = weight.shape[0] if depthwise else 1
     out = nn.Conv2d(
         weight.shape[1] * groups,
         weight.shape[0],
@@ -111,6 +108,23 @@ def _slice_conv(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None
         dtype=weight.dtype,
     )
     return _filled(out, weight, bias, conv.training)
+
+
+def _kept_groups(conv: nn.Conv2d, keep_out: Tensor | None, keep_in: Tensor | None) -> int:
+    """How many groups a grouped conv keeps; refuses a slice that is not whole groups."""
+    per_group = conv.out_channels // conv.groups
+    if keep_out is None and keep_in is None:
+        return conv.groups
+    if keep_in is None and keep_out is not None and keep_out.numel() % per_group == 0:
+        blocks = keep_out.view(-1, per_group)
+        offsets = torch.arange(per_group, device=keep_out.device)
+        starts = blocks[:, :1]
+        if bool((blocks == starts + offsets).all() and (starts % per_group == 0).all()):
+            return blocks.shape[0]
+    raise ValueError(
+        f"purge: cannot slice a grouped Conv2d (groups={conv.groups}, {conv.in_channels} -> "
+        f"{conv.out_channels} channels) by channel; only whole groups can be dropped"
+    )
 
 
 def _slice_linear(linear: nn.Linear, keep_out: Tensor | None, keep_in: Tensor | None) -> nn.Linear:
