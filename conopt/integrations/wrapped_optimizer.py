@@ -96,8 +96,56 @@ class WrappedConstrainedOptimizer(torch.optim.Optimizer):
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The primal optimizers' parameter groups: the same dictionaries, read afresh."""
+        """The primal optimizers' parameter groups: the same dictionaries, read afresh.
+
+        Assigning a list (as Lightning's ``BaseFinetuning`` does when it restores the groups it
+        added before a checkpoint) gives the groups back to the primal optimizers: all of them to
+        the only one, or, with several, as many to each as it holds now, in order.
+
+        Raises:
+            ValueError: On assignment, with several primal optimizers, the list's length is not
+                their total number of groups (which optimizer a group belongs to is unknown); or
+                a group holds a multiplier.
+        """
         return [g for o in self.constrained.primal_optimizers for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        groups = list(groups)
+        for group in groups:
+            self._refuse_multipliers(group)
+        primal = self.constrained.primal_optimizers
+        if len(primal) == 1:
+            primal[0].param_groups = groups
+            return
+        counts = [len(o.param_groups) for o in primal]
+        if len(groups) != sum(counts):
+            raise ValueError(
+                f"{type(self).__name__}.param_groups was given {len(groups)} groups, but it drives "
+                f"{len(primal)} primal optimizers holding {counts} groups: which optimizer each "
+                "group belongs to is unknown. Assign the groups to the primal optimizers "
+                "(optimizer.constrained.primal_optimizers) themselves."
+            )
+        start = 0
+        for o, count in zip(primal, counts, strict=True):
+            o.param_groups = groups[start : start + count]
+            start += count
+
+    def _refuse_multipliers(self, group: Mapping[str, Any]) -> None:
+        """Refuse a parameter group holding a multiplier: only the dual optimizer steps those."""
+        dual = self.constrained.dual_optimizer
+        multipliers = (
+            {id(p) for g in dual.param_groups for p in g["params"]} if dual is not None else set()
+        )
+        params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        found = sum(id(p) in multipliers for p in params)
+        if found:
+            raise ValueError(
+                f"a parameter group given to {type(self).__name__} holds {found} multiplier(s); "
+                "its groups are the primal optimizers', and the multipliers are stepped by the "
+                "dual optimizer alone (leave them out, e.g. with primal_parameters())."
+            )
 
     def _wrapped_optimizers(self) -> list[torch.optim.Optimizer]:
         """The primal optimizers, then the dual one if there is one."""
@@ -147,18 +195,29 @@ class WrappedConstrainedOptimizer(torch.optim.Optimizer):
             o.state = entries
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Refused: add parameter groups to the primal (or dual) torch optimizer itself.
+        """Add a parameter group to the primal torch optimizer (for example unfrozen layers).
+
+        Lightning's ``BaseFinetuning.unfreeze_and_add_param_group`` calls it. The group's unset
+        options take the primal optimizer's defaults.
 
         Args:
-            param_group: The group that was to be added.
+            param_group: The group to add: ``{"params": ..., **options}``.
 
         Raises:
-            TypeError: Always.
+            ValueError: The group holds a multiplier, or a parameter the primal optimizer
+                already has (as ``torch.optim.Optimizer.add_param_group`` refuses).
+            TypeError: The wrapped optimizer has several primal optimizers: which one is meant
+                is unknown.
         """
-        raise TypeError(
-            f"{type(self).__name__} has no parameter groups of its own; add the group to the "
-            "primal torch optimizer (or the dual one) that it drives."
-        )
+        self._refuse_multipliers(param_group)
+        primal = self.constrained.primal_optimizers
+        if len(primal) != 1:
+            raise TypeError(
+                f"{type(self).__name__} drives {len(primal)} primal optimizers, so which one a "
+                "new parameter group belongs to is unknown; add it to one of "
+                "optimizer.constrained.primal_optimizers itself."
+            )
+        primal[0].add_param_group(param_group)
 
     # ------------------------------------------------------------------------------ the step
     def lagrangian(self, state: ProblemState, accumulation: int = 1) -> torch.Tensor:

@@ -63,10 +63,11 @@ def test_an_optimizer_without_an_open_step_is_refused():
         LightningConstrainedOptimizer(torch.optim.SGD([x], lr=0.1))
 
 
-def test_the_wrapper_has_no_parameter_groups_of_its_own():
-    optimizer = QPModule().configure_optimizers()
-    with pytest.raises(TypeError, match="primal torch optimizer"):
-        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))]})
+def test_a_group_holding_a_multiplier_is_refused():
+    module = QPModule()
+    optimizer = module.configure_optimizers()
+    with pytest.raises(ValueError, match="dual optimizer alone"):
+        optimizer.add_param_group({"params": list(module.problem.dual_parameters())})
 
 
 def test_a_problem_outside_the_module_is_refused():

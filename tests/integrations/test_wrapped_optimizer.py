@@ -104,8 +104,43 @@ def test_the_accelerated_optimizers_state_setter_reaches_the_wrapped_optimizers(
 def test_the_base_refuses_what_it_cannot_drive_naming_the_subclass():
     with pytest.raises(TypeError, match="AccelerateConstrainedOptimizer wraps a conopt"):
         AccelerateConstrainedOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))]))
-    with pytest.raises(TypeError, match="LightningConstrainedOptimizer has no parameter groups"):
-        _wrapped(LightningConstrainedOptimizer)[0].add_param_group({"params": []})
+
+
+def test_a_new_group_goes_to_the_primal_optimizer_and_never_holds_a_multiplier():
+    optimizer, problem, _ = _wrapped(LightningConstrainedOptimizer)
+    extra = torch.nn.Parameter(torch.ones(2))
+    optimizer.add_param_group({"params": [extra], "lr": 0.01})
+    primal = optimizer.constrained.primal_optimizers[0]
+    assert optimizer.param_groups == primal.param_groups and len(primal.param_groups) == 2
+    assert primal.param_groups[1]["momentum"] == 0.9  # the primal optimizer's default
+    with pytest.raises(ValueError, match="holds 1 multiplier"):
+        optimizer.add_param_group({"params": problem.budget.multiplier.weight})
+    with pytest.raises(ValueError, match="holds 1 multiplier"):
+        multiplier = problem.balance.multiplier.weight
+        optimizer.param_groups = [*primal.param_groups, {"params": [multiplier]}]
+    assert len(primal.param_groups) == 2  # nothing changed
+
+
+def _two_primal_optimizers() -> tuple:
+    problem, x, y = QP(), torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(1))
+    gda = conopt.optim.SimultaneousGDA(
+        problem,
+        primal=[torch.optim.SGD([x], lr=0.2), torch.optim.Adam([y], lr=0.1)],
+        dual=torch.optim.SGD(problem.dual_parameters(), lr=0.2, maximize=True),
+    )
+    return WrappedConstrainedOptimizer(gda), gda
+
+
+def test_assigned_groups_go_back_to_the_primal_optimizers_in_order():
+    optimizer, gda = _two_primal_optimizers()
+    groups = [dict(g, lr=g["lr"] / 2) for g in optimizer.param_groups]
+    optimizer.param_groups = groups
+    assert [o.param_groups[0]["lr"] for o in gda.primal_optimizers] == [0.1, 0.05]
+    assert gda.primal_optimizers[1].param_groups[0] is groups[1]
+    with pytest.raises(ValueError, match="given 3 groups, but it drives 2 primal optimizers"):
+        optimizer.param_groups = [*groups, {"params": [torch.nn.Parameter(torch.ones(1))]}]
+    with pytest.raises(TypeError, match="drives 2 primal optimizers, so which one"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))]})
 
 
 def test_the_base_imports_no_framework():
