@@ -13,7 +13,8 @@ per target and method, in one table:
 * onnxruntime latency of the purged encoder against the dense one, measured in the same run on
   the same input (batch ``--latency-batch``, ``--budget-length`` tokens); goal ≥ 1.6× at τ = 0.5;
 * ``train_min``: minutes of training (distillation, fine-tuning; the magnitude selection's
-  seconds for ``magnitude``).
+  seconds for ``magnitude``; all the bisection's trainings for ``penalty``) and ``trainings``,
+  the number of full trainings.
 
 The ``method`` column is ``l0`` (the distillation). With ``--baselines`` each target also gets
 one-shot magnitude pruning to the same MACs (:mod:`l0_sparsity.encoders.magnitude`: the same
@@ -21,7 +22,10 @@ fraction of heads and of FFN units, lowest weight norms over all layers first, p
 most τ): ``magnitude`` without fine-tuning, and ``magnitude+ft`` with the purged student's
 weights fine-tuned on the same sentences, loss, epochs, batches, learning rate and batch order
 as the distillation. Every method of a target is measured the same way, its ONNX latencies
-interleaved with the dense encoder's in one run. A calibration line gives the scale of the
+interleaved with the dense encoder's in one run. With ``--penalty-bisection`` the target is
+also reached without a constraint: the MACs penalty coefficient (``DistillConfig.macs_penalty``)
+is bisected, one full training per try, until the purged MACs are within ±0.02 of τ
+(``penalty``). A calibration line gives the scale of the
 agreement measures: the teacher against itself with its own dropout on, and the held-out
 sentences' nearest-neighbour margins.
 
@@ -30,7 +34,8 @@ Run (about 10–20 minutes per target on 2 cores, the fine-tuning about as long 
 
     python benchmarks/minilm_budget.py [--targets 0.5 0.3] [--epochs 8] [--threads 2]
         [--latency-batch 32] [--budget-length 128] [--repeats 10] [--set FIELD=VALUE ...]
-        [--baselines] [--quick]
+        [--baselines] [--penalty-bisection] [--penalty-bracket 1e-3 10] [--max-trainings 8]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import os
 import statistics
 import tempfile
@@ -66,6 +72,9 @@ from l0_sparsity.encoders.training import (
 )
 from l0_sparsity.nn import sparsify
 from l0_sparsity.purging import count_params, purge
+
+TOLERANCE = 0.02
+"""How close to the target the penalty bisection must bring the purged MACs (the budget's goal)."""
 
 
 def onnx_latencies(
@@ -102,6 +111,7 @@ class Candidate:
     model: nn.Module
     macs: float
     seconds: float
+    trainings: int = 1
 
 
 def distilled(config: DistillConfig, args: argparse.Namespace) -> tuple[Candidate, DistillResult]:
@@ -141,9 +151,40 @@ def magnitude_baselines(
         tuned, teacher, batches, config, progress=lambda line: print(f"  ft: {line}", flush=True)
     )
     return [
-        Candidate("magnitude", purged, pattern.macs, seconds),
+        Candidate("magnitude", purged, pattern.macs, seconds, trainings=0),
         Candidate("magnitude+ft", tuned, pattern.macs, finetuned.seconds),
     ]
+
+
+def penalty_bisection(config: DistillConfig, args: argparse.Namespace) -> Candidate:
+    """The same budget reached with a MACs penalty instead of the constraint, by bisection.
+
+    Geometric bisection on ``macs_penalty`` in ``--penalty-bracket`` until the purged MACs are
+    within ±``TOLERANCE`` of the target (or ``--max-trainings`` full trainings, each with the
+    distillation's settings); the last training is the candidate, its time the total.
+    """
+    tau = config.macs_target
+    low, high = args.penalty_bracket
+    trainings, seconds = 0, 0.0
+    while True:
+        penalty = math.sqrt(low * high)
+        result = distill_minilm(
+            dataclasses.replace(config, macs_penalty=penalty),
+            max_batches=args.max_batches,
+            progress=None,
+        )
+        trainings, seconds = trainings + 1, seconds + result.seconds
+        macs = result.problem.test_compute()["macs"]
+        print(
+            f"  penalty bisection {trainings}: macs_penalty {penalty:.4g} -> purged MACs "
+            f"{macs:.4f} ({result.seconds / 60:.1f} min)",
+            flush=True,
+        )
+        if abs(macs - tau) <= TOLERANCE or trainings >= args.max_trainings:
+            break
+        low, high = (penalty, high) if macs > tau else (low, penalty)
+    purged = SentenceEncoder(purge(result.student.encoder))
+    return Candidate("penalty", purged, macs, seconds, trainings=trainings)
 
 
 def measure(
@@ -179,6 +220,7 @@ def measure(
                 "purged_ms": ms,
                 "speedup": dense_ms / ms,
                 "train_min": candidate.seconds / 60,
+                "trainings": candidate.trainings,
             }
         )
     return rows
@@ -260,10 +302,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="also magnitude pruning to the same MACs, without and with fine-tuning",
     )
+    parser.add_argument(
+        "--penalty-bisection",
+        action="store_true",
+        help=f"also the budget reached with a MACs penalty, bisected to within ±{TOLERANCE}",
+    )
+    parser.add_argument("--penalty-bracket", type=float, nargs=2, default=[1e-3, 10.0])
+    parser.add_argument("--max-trainings", type=int, default=8, help="the bisection's limit")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch of 2 batches")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.max_batches, args.repeats, args.latency_batch = 1, 2, 2, 2
+        args.max_trainings = min(args.max_trainings, 2)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             candidates = [candidate]
             if args.baselines:
                 candidates += magnitude_baselines(result.teacher, config, args)
+            if args.penalty_bisection:
+                candidates.append(penalty_bisection(config, args))
             rows += measure(target, candidates, result, args, Path(tmp))
         print_calibration(result.teacher, result.heldout_batches)
     print_table(rows)

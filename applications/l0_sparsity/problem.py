@@ -31,7 +31,12 @@ from l0_sparsity.nn import GateSet, gated_layers
 
 __all__ = ["BUDGETS", "SparsityProblem"]
 
-_MODES = {"target": "model-wise", "layer_targets": "layer-wise", "penalty": "penalized"}
+_MODES = {
+    "target": "model-wise",
+    "layer_targets": "layer-wise",
+    "penalty": "penalized",
+    "macs_penalty": "penalized",
+}
 
 
 def _check_target(value: float, what: str) -> float:
@@ -44,9 +49,9 @@ def _check_target(value: float, what: str) -> float:
 class SparsityProblem(conopt.ConstrainedProblem):
     r"""Cross-entropy of a gated model under density and compute-budget constraints.
 
-    At most one of ``target``, ``layer_targets`` or ``penalty`` selects the density mode; none
-    is needed when a compute budget (``macs_target``, ``params_target``, ``latency_target``) is
-    given. The budgets combine with each other and with any density mode.
+    At most one of ``target``, ``layer_targets``, ``penalty`` or ``macs_penalty`` selects the
+    mode; none is needed when a compute budget (``macs_target``, ``params_target``,
+    ``latency_target``) is given. The budgets combine with each other and with any mode.
 
     Args:
         model: A model with gated layers (see :mod:`l0_sparsity.nn`).
@@ -55,6 +60,9 @@ class SparsityProblem(conopt.ConstrainedProblem):
             :func:`~l0_sparsity.nn.base.gated_layers`, or a mapping from layer name): vector
             constraint ``layer_density``.
         penalty: The penalized baseline: adds ``penalty * density`` to the loss, no constraint.
+        macs_penalty: The penalized compute baseline: adds ``macs_penalty`` times the expected
+            MACs (a fraction of the dense model's) to the loss, no constraint; needs
+            ``example_input``.
         macs_target: Budget on the expected MACs per example of the purged model, as a fraction
             of the dense model's in :math:`(0, 1]`: constraint ``macs``.
         params_target: Budget on the expected parameters of the purged model, as a fraction of
@@ -97,6 +105,7 @@ class SparsityProblem(conopt.ConstrainedProblem):
         target: float | None = None,
         layer_targets: Sequence[float] | Mapping[str, float] | None = None,
         penalty: float | None = None,
+        macs_penalty: float | None = None,
         macs_target: float | None = None,
         params_target: float | None = None,
         latency_target: float | None = None,
@@ -115,12 +124,17 @@ class SparsityProblem(conopt.ConstrainedProblem):
             )
             if value is not None
         }
-        modes = {"target": target, "layer_targets": layer_targets, "penalty": penalty}
+        modes = {
+            "target": target,
+            "layer_targets": layer_targets,
+            "penalty": penalty,
+            "macs_penalty": macs_penalty,
+        }
         chosen = [k for k, v in modes.items() if v is not None]
         if len(chosen) > 1 or not (chosen or budgets):
             raise ValueError(
-                "give exactly one of target (model-wise), layer_targets (layer-wise) or "
-                "penalty (penalized baseline), or none of them with a compute budget "
+                "give exactly one of target (model-wise), layer_targets (layer-wise), penalty "
+                "or macs_penalty (penalized baselines), or none of them with a compute budget "
                 f"(macs_target, params_target, latency_target); got {chosen or 'none'}."
             )
         if weight_decay < 0:
@@ -141,8 +155,12 @@ class SparsityProblem(conopt.ConstrainedProblem):
         self._model = [model]
         self.weight_decay = weight_decay
         self.penalty = None if penalty is None else float(penalty)
-        if self.penalty is not None and self.penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {penalty}.")
+        self.macs_penalty = None if macs_penalty is None else float(macs_penalty)
+        for name, value in (("penalty", self.penalty), ("macs_penalty", self.macs_penalty)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
+        if self.macs_penalty is not None and example_input is None:
+            raise ValueError("macs_penalty needs example_input (an input batch or its shape).")
         self._mode = _MODES[chosen[0]] if chosen else "budget-only"
         self.register_buffer("targets", torch.empty(0))
         if target is not None:
@@ -284,8 +302,8 @@ class SparsityProblem(conopt.ConstrainedProblem):
     def constrained_state(self, task_loss: torch.Tensor) -> conopt.ProblemState:
         """The problem's state around a task loss computed elsewhere (e.g. by a framework).
 
-        The loss is ``task_loss`` plus the expected L2 term and, for the penalized baseline,
-        the density penalty; the constraints are the density and budget constraints. This is
+        The loss is ``task_loss`` plus the expected L2 term and, for the penalized baselines,
+        the density or MACs penalty; the constraints are the density and budget constraints. This is
         how a sparsity budget joins a training loop that computes its own loss (a Lightning
         ``training_step``, a Hugging Face ``Trainer``).
 
@@ -310,7 +328,11 @@ class SparsityProblem(conopt.ConstrainedProblem):
         elif self._mode == "layer-wise":
             constraints[self.layer_density] = per_layer - self.targets
         extras = {"density": density.detach(), "layer_densities": per_layer.detach()}
-        fractions = self.expected_compute() if self._budgets else {}
+        needs_compute = bool(self._budgets) or self.macs_penalty is not None
+        fractions = self.expected_compute() if needs_compute else {}
+        if self.macs_penalty is not None:
+            loss = loss + self.macs_penalty * fractions["macs"]
+            extras["macs"] = fractions["macs"].detach()
         for name, budget in self._budgets.items():
             value = fractions[name] - budget
             constraints[getattr(self, name)] = (

@@ -143,6 +143,16 @@ def test_a_smoke_run_with_token_targets_docstrings_and_no_student_dropout() -> N
     assert not any(p.requires_grad for p in result.teacher.parameters())
 
 
+@pytest.mark.slow
+def test_the_penalized_baseline_has_no_constraint_and_no_dual_optimizer() -> None:
+    config = DistillConfig(epochs=1, macs_penalty=0.3, batch_size=8)
+    result = distill_minilm(config, progress=None, max_batches=2)
+    (row,) = result.history
+    assert "macs_multiplier" not in row and 0.0 < row["expected_macs"] <= 1.0
+    assert list(result.problem.named_constraints()) == []
+    assert result.problem.mode == "penalized" and result.problem.macs_penalty == 0.3
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

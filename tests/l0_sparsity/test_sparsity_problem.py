@@ -66,6 +66,25 @@ def test_penalized_problem_adds_penalty_times_density_and_has_no_constraint(mode
     assert torch.allclose(state.loss, expected)
 
 
+def test_macs_penalty_adds_its_coefficient_times_the_expected_macs_and_no_constraint(model):
+    inputs, targets = batch()
+    penalized = SparsityProblem(model, macs_penalty=0.5, example_input=inputs)
+    assert list(penalized.named_constraints()) == [] and penalized.mode == "penalized"
+    model.eval()
+    state = penalized.evaluate(inputs, targets)
+    macs = penalized.expected_compute()["macs"]
+    assert torch.allclose(state.loss, state.extras["cross_entropy"] + 0.5 * macs)
+    assert torch.equal(state.extras["macs"], macs.detach())
+    state.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gate_parameters(model))
+    with pytest.raises(ValueError, match="macs_penalty needs example_input"):
+        SparsityProblem(model, macs_penalty=0.5)
+    with pytest.raises(ValueError, match=r"macs_penalty must be >= 0, got -1\.0"):
+        SparsityProblem(model, macs_penalty=-1, example_input=inputs)
+    with pytest.raises(ValueError, match="exactly one"):
+        SparsityProblem(model, penalty=1.0, macs_penalty=0.5, example_input=inputs)
+
+
 def test_density_gradient_reaches_the_gates(model):
     problem = SparsityProblem(model, target=0.3)
     state = problem.evaluate(*batch())

@@ -37,6 +37,9 @@ class DistillConfig:
     Attributes:
         macs_target: Budget on the encoder's expected MACs, a fraction of the dense encoder's
             at ``budget_length`` tokens.
+        macs_penalty: The penalized baseline instead of the budget: this coefficient times the
+            expected MACs fraction is added to the loss, and ``macs_target`` is not used (no
+            constraint, no multiplier).
         budget_length: Sequence length at which MACs are counted (attention scales with it).
         max_length: Longest tokenized sentence in training and evaluation (truncation).
         epochs: Passes over the training sentences.
@@ -67,6 +70,7 @@ class DistillConfig:
     """
 
     macs_target: float = 0.5
+    macs_penalty: float | None = None
     budget_length: int = 128
     max_length: int = 128
     epochs: int = 4
@@ -161,7 +165,8 @@ def _optimizer(problem: DistillationProblem, config: DistillConfig) -> conopt.op
             {"params": gate_parameters(student), "lr": config.gates_lr},
         ]
     )
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=config.dual_lr, maximize=True)
+    multipliers = list(problem.dual_parameters())
+    dual = torch.optim.SGD(multipliers, lr=config.dual_lr, maximize=True) if multipliers else None
     return conopt.optim.SimultaneousGDA(
         problem, primal=primal, dual=dual, dual_restarts=config.dual_restarts
     )
@@ -252,9 +257,9 @@ def _train_epoch(
         "test_macs": test["macs"],
         "test_params": test["params"],
     }
-    multiplier = report.constraints["macs"].multiplier
-    if multiplier is not None:
-        row["macs_multiplier"] = float(multiplier)
+    constraint = report.constraints.get("macs")
+    if constraint is not None and constraint.multiplier is not None:
+        row["macs_multiplier"] = float(constraint.multiplier)
     return row
 
 
@@ -264,7 +269,7 @@ def distill_minilm(
     progress: Callable[[str], None] | None = print,
     max_batches: int | None = None,
 ) -> DistillResult:
-    """Distill the pretrained MiniLM into a gated student under a MACs budget.
+    """Distill the pretrained MiniLM into a gated student under a MACs budget (or penalty).
 
     Args:
         config: The run's settings.
@@ -282,12 +287,16 @@ def distill_minilm(
     train = _training_data(config, tokenizer, heldout_sentences, max_batches)
     targets = _teacher_targets(teacher, train, with_tokens=config.token_weight > 0)
     student = _student(teacher, config)
+    budget = (
+        {"macs_target": config.macs_target, "strict_budgets": config.strict_budgets}
+        if config.macs_penalty is None
+        else {"macs_penalty": config.macs_penalty}
+    )
     problem = DistillationProblem(
         student,
         token_weight=config.token_weight,
-        macs_target=config.macs_target,
         example_input=(1, config.budget_length),
-        strict_budgets=config.strict_budgets,
+        **budget,
     )
     optimizer = _optimizer(problem, config)
     order = torch.Generator().manual_seed(config.seed)
