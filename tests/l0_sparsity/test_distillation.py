@@ -158,6 +158,7 @@ def test_the_penalized_baseline_has_no_constraint_and_no_dual_optimizer() -> Non
     [
         (["--macs-target", "2"], "--macs-target must be in (0, 1]"),
         (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--macs-penalty", "-1"], "--macs-penalty must be >= 0, got -1.0"),
         (["--onnx", "/no/such/dir/x.onnx"], "its directory does not exist"),
     ],
 )

@@ -57,6 +57,8 @@ def config_from_distill_args(args: argparse.Namespace) -> DistillConfig:
     config = DistillConfig(**given)
     if not 0.0 < config.macs_target <= 1.0:
         raise ValueError(f"--macs-target must be in (0, 1], got {config.macs_target}.")
+    if config.macs_penalty is not None and config.macs_penalty < 0:
+        raise ValueError(f"--macs-penalty must be >= 0, got {config.macs_penalty}.")
     for name in ("epochs", "batch_size", "budget_length", "max_length"):
         if getattr(config, name) < 1:
             raise ValueError(
@@ -83,8 +85,13 @@ def run_distill(args: argparse.Namespace) -> None:
     macs = result.problem.test_compute()["macs"]
     params = count_params(purged) / count_params(result.teacher)
     agreement = result.agreement
+    reached = (
+        f"budget {config.macs_target:.4f}"
+        if config.macs_penalty is None
+        else f"penalty {config.macs_penalty:g}, no budget"
+    )
     print(
-        f"done: purged MACs {macs:.4f} (budget {config.macs_target:.4f}), parameters "
+        f"done: purged MACs {macs:.4f} ({reached}), parameters "
         f"{params:.4f}; held-out mean cosine {agreement.mean_cosine:.4f}, nearest-neighbour "
         f"agreement {agreement.neighbour_agreement:.4f} over {agreement.sentences} sentences"
     )
