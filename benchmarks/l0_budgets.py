@@ -1,4 +1,4 @@
-"""Compute budgets against density targets and penalties on the ``mnist_lenet5`` preset.
+"""Compute budgets against density targets and penalties on a preset (``mnist_lenet5``).
 
 Three sections, each printing one measured table (one CPU thread):
 
@@ -17,8 +17,11 @@ Three sections, each printing one measured table (one CPU thread):
 
 Run::
 
-    python benchmarks/l0_budgets.py [--epochs 200] [--sections a,b,c] [--macs-targets 0.25,0.5]
-        [--latency-target 0.5] [--max-trainings 8] [--quick]
+    python benchmarks/l0_budgets.py [--preset mnist_lenet5] [--epochs 200] [--sections a,b,c]
+        [--macs-targets 0.25,0.5] [--latency-target 0.5] [--max-trainings 8] [--quick]
+
+``--preset fashion_resnet18`` runs the same tables on the CIFAR ResNet-18 with a Fashion-MNIST
+subset (the preset's subset and epochs unless given).
 
 ``--quick`` (a smoke run of about a minute) trains one epoch on 512 images at one τ.
 """
@@ -37,7 +40,7 @@ import torch
 
 from l0_sparsity import purge
 from l0_sparsity.measures import LatencyModel
-from l0_sparsity.models import build_model
+from l0_sparsity.training.builders import load_datasets, make_model
 from l0_sparsity.training.config import TrainConfig
 from l0_sparsity.training.presets import get_preset
 from l0_sparsity.training.trainer import train
@@ -65,7 +68,8 @@ def _floats(text: str) -> list[float]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--preset", default="mnist_lenet5", help="the preset to train")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
     parser.add_argument("--sections", default="a,b,c", help="which tables: a, b, c")
     parser.add_argument("--macs-targets", type=_floats, default=[0.25, 0.5])
     parser.add_argument("--bisection-target", type=float, default=0.5, help="τ of section b")
@@ -85,11 +89,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
-    """The ``mnist_lenet5`` preset on one CPU thread, without density target, at ``--epochs``."""
-    return get_preset("mnist_lenet5").replace(
-        epochs=args.epochs,
-        subset=args.subset,
-        test_subset=args.test_subset,
+    """The preset on one CPU thread, without density target (``--epochs``, subsets if given)."""
+    preset = get_preset(args.preset)
+    given = {
+        name: getattr(args, name)
+        for name in ("epochs", "subset", "test_subset")
+        if getattr(args, name) is not None
+    }
+    return preset.replace(
+        **given,
         target=None,
         device="cpu",
         threads=1,
@@ -101,9 +109,10 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def make_meter(config: TrainConfig) -> LatencyModel:
-    """The latency model of the preset's gated LeNet-5 at the run's batch (measured or cached)."""
-    model = build_model(config.model)
-    return LatencyModel(model, (config.batch_size, 1, 28, 28), purge=purge, threads=1)
+    """The latency model of the preset's gated model at the run's batch (measured or cached)."""
+    *_, info = load_datasets(config)
+    model = make_model(config, info)
+    return LatencyModel(model, (config.batch_size, *info.input_shape), purge=purge, threads=1)
 
 
 def run(label: str, setting: str, config: TrainConfig, meter: LatencyModel) -> Outcome:
@@ -129,7 +138,7 @@ def _row(outcome: Outcome, tau: float | None) -> str:
 
 def section_a(args: argparse.Namespace, base: TrainConfig, meter: LatencyModel) -> list[Outcome]:
     """MACs budgets (expected and strict) and density targets at ε = τ, in one table."""
-    print("\n(a) MACs budgets vs density targets, mnist_lenet5 (fractions of the dense model)")
+    print(f"\n(a) MACs budgets vs density targets, {args.preset} (fractions of the dense model)")
     print(
         f"{'run':<18}{'setting':<10}{'density':>9}{'params':>9}{'MACs':>9}{'MACs-τ':>9}"
         f"{'latency':>9}{'test err':>9}{'time':>8}",
@@ -197,7 +206,7 @@ def section_b(
 def section_c(args: argparse.Namespace, base: TrainConfig, meter: LatencyModel) -> None:
     """The latency model's accuracy, then a run to a latency budget."""
     print(
-        f"\n(c) latency model of mnist_lenet5 at batch {base.batch_size}, 1 thread "
+        f"\n(c) latency model of {args.preset} at batch {base.batch_size}, 1 thread "
         f"(dense {meter.dense_seconds * 1e3:.2f} ms, floor {meter.floor:.3f}; "
         f"{'from cache' if meter.from_cache else 'measured now'})"
     )
