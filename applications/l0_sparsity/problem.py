@@ -31,12 +31,7 @@ from l0_sparsity.nn import GateSet, gated_layers
 
 __all__ = ["BUDGETS", "SparsityProblem"]
 
-_MODES = {
-    "target": "model-wise",
-    "layer_targets": "layer-wise",
-    "penalty": "penalized",
-    "macs_penalty": "penalized",
-}
+_MODES = {"target": "model-wise", "layer_targets": "layer-wise", "penalty": "penalized"}
 
 
 def _check_target(value: float, what: str) -> float:
@@ -49,9 +44,10 @@ def _check_target(value: float, what: str) -> float:
 class SparsityProblem(conopt.ConstrainedProblem):
     r"""Cross-entropy of a gated model under density and compute-budget constraints.
 
-    At most one of ``target``, ``layer_targets``, ``penalty`` or ``macs_penalty`` selects the
-    mode; none is needed when a compute budget (``macs_target``, ``params_target``,
-    ``latency_target``) is given. The budgets combine with each other and with any mode.
+    At most one of ``target``, ``layer_targets`` or ``penalty`` selects the density mode; none
+    is needed when a compute budget (``macs_target``, ``params_target``, ``latency_target``) or
+    ``macs_penalty`` is given. The budgets and the MACs penalty combine with each other and
+    with any density mode.
 
     Args:
         model: A model with gated layers (see :mod:`l0_sparsity.nn`).
@@ -124,18 +120,14 @@ class SparsityProblem(conopt.ConstrainedProblem):
             )
             if value is not None
         }
-        modes = {
-            "target": target,
-            "layer_targets": layer_targets,
-            "penalty": penalty,
-            "macs_penalty": macs_penalty,
-        }
+        modes = {"target": target, "layer_targets": layer_targets, "penalty": penalty}
         chosen = [k for k, v in modes.items() if v is not None]
-        if len(chosen) > 1 or not (chosen or budgets):
+        if len(chosen) > 1 or not (chosen or budgets or macs_penalty is not None):
             raise ValueError(
-                "give exactly one of target (model-wise), layer_targets (layer-wise), penalty "
-                "or macs_penalty (penalized baselines), or none of them with a compute budget "
-                f"(macs_target, params_target, latency_target); got {chosen or 'none'}."
+                "give exactly one of target (model-wise), layer_targets (layer-wise) or "
+                "penalty (penalized baseline), or none of them with a compute budget "
+                "(macs_target, params_target, latency_target) or macs_penalty; got "
+                f"{chosen or 'none'}."
             )
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
@@ -230,7 +222,7 @@ class SparsityProblem(conopt.ConstrainedProblem):
         """The density mode.
 
         ``"model-wise"``, ``"layer-wise"``, ``"penalized"``, or ``"budget-only"`` (no density
-        term: compute budgets only).
+        term: compute budgets, or the MACs penalty, only).
         """
         return self._mode
 

@@ -230,6 +230,14 @@ def test_cli_budget_and_density_target_train_together(tmp_path):
     assert float(row["target"]) == 0.5 and float(row["params_target"]) == 0.4
 
 
+def test_cli_macs_penalty_alone_trains_without_constraint_and_logs_the_macs(tmp_path):
+    argv = smoke_cli(tmp_path, "--epochs", "1", "--batch-size", "128", "--macs-penalty", "2")
+    assert main(argv) == 0
+    (row,) = _csv(tmp_path / "metrics.csv")
+    assert set(COMPUTE_COLUMNS) <= set(row) and math.isnan(float(row["target"]))
+    assert not any(key.startswith("multiplier/") for key in row)
+
+
 def test_cli_budget_below_the_floor_is_one_line_exit_2(tmp_path, capsys):
     argv = smoke_cli(tmp_path / "run", "--model", "resnet18_cifar", "--macs-target", "0.001")
     assert main(argv) == 2

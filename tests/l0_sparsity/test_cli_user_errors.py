@@ -196,8 +196,9 @@ def test_a_mode_flag_replaces_the_presets_mode():
         (["--macs-target", "1.5"], "macs_target must be a fraction of the dense model's MACs"),
         (["--params-target", "0"], "params_target must be a fraction"),
         (["--macs-target", "abc"], "invalid float value"),
+        (["--macs-penalty", "-1"], "macs_penalty must be >= 0, got -1.0"),
     ],
-    ids=["above 1", "zero", "not a number"],
+    ids=["above 1", "zero", "not a number", "negative penalty"],
 )
 def test_bad_budget_values_are_one_line_exit_2(tmp_path, capsys, flags, message):
     line = _one_error_line(main(smoke_cli(tmp_path / "run", *flags)), capsys.readouterr().err)
@@ -212,6 +213,8 @@ def test_budget_flags_alone_replace_the_presets_mode_and_combine_with_a_mode_fla
     both = _config("--macs-target", "0.3", "--params-target", "0.4", "--target", "0.5")
     assert both.mode == "model-wise" and both.target == 0.5
     assert both.budgets == {"macs": 0.3, "params": 0.4}
+    penalized = _config("--preset", "cifar10_wrn_layerwise", "--macs-penalty", "0.5")
+    assert penalized.mode == "budget-only" and penalized.macs_penalty == 0.5
     layer_wise = _config("--layer-targets", "0.4", "--params-target", "0.4")
     assert layer_wise.mode == "layer-wise" and layer_wise.budgets == {"params": 0.4}
 

@@ -150,7 +150,7 @@ def test_the_penalized_baseline_has_no_constraint_and_no_dual_optimizer() -> Non
     (row,) = result.history
     assert "macs_multiplier" not in row and 0.0 < row["expected_macs"] <= 1.0
     assert list(result.problem.named_constraints()) == []
-    assert result.problem.mode == "penalized" and result.problem.macs_penalty == 0.3
+    assert result.problem.mode == "budget-only" and result.problem.macs_penalty == 0.3
 
 
 @pytest.mark.parametrize(

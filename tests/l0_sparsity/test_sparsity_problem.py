@@ -69,7 +69,7 @@ def test_penalized_problem_adds_penalty_times_density_and_has_no_constraint(mode
 def test_macs_penalty_adds_its_coefficient_times_the_expected_macs_and_no_constraint(model):
     inputs, targets = batch()
     penalized = SparsityProblem(model, macs_penalty=0.5, example_input=inputs)
-    assert list(penalized.named_constraints()) == [] and penalized.mode == "penalized"
+    assert list(penalized.named_constraints()) == [] and penalized.mode == "budget-only"
     model.eval()
     state = penalized.evaluate(inputs, targets)
     macs = penalized.expected_compute()["macs"]
@@ -81,8 +81,8 @@ def test_macs_penalty_adds_its_coefficient_times_the_expected_macs_and_no_constr
         SparsityProblem(model, macs_penalty=0.5)
     with pytest.raises(ValueError, match=r"macs_penalty must be >= 0, got -1\.0"):
         SparsityProblem(model, macs_penalty=-1, example_input=inputs)
-    with pytest.raises(ValueError, match="exactly one"):
-        SparsityProblem(model, penalty=1.0, macs_penalty=0.5, example_input=inputs)
+    both = SparsityProblem(model, target=0.5, macs_penalty=0.5, example_input=inputs)
+    assert [name for name, _ in both.named_constraints()] == ["density"]
 
 
 def test_density_gradient_reaches_the_gates(model):

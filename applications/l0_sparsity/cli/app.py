@@ -236,6 +236,8 @@ def _mode_text(preset: TrainConfig) -> str:
     Followed by ``macs_target=...`` and ``params_target=...`` when the preset has budgets.
     """
     budgets = [f"{name}_target={value}" for name, value in preset.budgets.items()]
+    if preset.macs_penalty is not None:
+        budgets.append(f"macs_penalty={preset.macs_penalty}")
     if preset.mode == "penalized":
         density = [f"penalty={preset.penalty}"]
     elif preset.mode == "layer-wise":

@@ -168,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if modes:  # the preset's other modes would take precedence over the one asked for
         cleared = {"layer_targets": (), "penalty": None}
         changes = {**{k: v for k, v in cleared.items() if k != modes[0]}, **changes}
-    elif any(changes.get(name) is not None for name in BUDGET_FIELDS.values()):
+    elif any(changes.get(name) is not None for name in (*BUDGET_FIELDS.values(), "macs_penalty")):
         changes = {"target": None, "layer_targets": (), "penalty": None, **changes}
     return base.replace(**changes)
 

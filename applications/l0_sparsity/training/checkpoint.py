@@ -199,7 +199,8 @@ def _problem_signature(settings: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a checkpoint's run and this run must share to resume: model, data, constraints.
 
     The constraints are the density mode's field and value, then ``(field, value)`` for each
-    compute budget that is set (a checkpoint written before budgets existed has none).
+    compute budget that is set and the MACs penalty if set (a checkpoint written before budgets
+    existed has none).
     """
     mode = constraint_mode(
         settings.get("penalty"), settings.get("layer_targets"), settings.get("target")
@@ -209,7 +210,9 @@ def _problem_signature(settings: Mapping[str, Any]) -> tuple[Any, ...]:
     if mode == "layer-wise":
         value = tuple(value or ())
     budgets = tuple(
-        (name, settings[name]) for name in BUDGET_FIELDS.values() if settings.get(name) is not None
+        (name, settings[name])
+        for name in (*BUDGET_FIELDS.values(), "macs_penalty")
+        if settings.get(name) is not None
     )
     return (
         settings.get("model"),

@@ -104,6 +104,10 @@ class TrainConfig:
             gated layer), or empty. Excludes ``penalty``.
         penalty: Penalized baseline coefficient (no constraint) when set. Excludes
             ``layer_targets``.
+        macs_penalty: The penalized compute baseline: this coefficient times the expected MACs
+            (a fraction of the dense model's) is added to the loss, no constraint. It combines
+            like ``macs_target``; on the command line, given without a mode flag, it clears the
+            preset's density mode.
         macs_target: Budget on the purged model's MACs per example, as a fraction of the dense
             model's (a constraint on their expectation over the gates). It combines with the
             density mode and with ``params_target``; on the command line a budget flag given
@@ -173,6 +177,7 @@ class TrainConfig:
     target: float | None = 0.35
     layer_targets: tuple[float, ...] = ()
     penalty: float | None = None
+    macs_penalty: float | None = None
     macs_target: float | None = None
     params_target: float | None = None
     latency_target: float | None = None
@@ -265,6 +270,10 @@ def _checks(config: TrainConfig) -> list[tuple[bool, str]]:
             f"penalty must be >= 0, got {config.penalty}",
         ),
         (
+            config.macs_penalty is None or config.macs_penalty >= 0,
+            f"macs_penalty must be >= 0, got {config.macs_penalty}",
+        ),
+        (
             config.penalty is None or not config.layer_targets,
             f"layer_targets {config.layer_targets} and penalty {config.penalty} exclude each "
             "other (layer-wise constraints or the penalized baseline); set one of them",
@@ -325,9 +334,10 @@ def _budget_checks(config: TrainConfig) -> list[tuple[bool, str]]:
     ]
     checks.append(
         (
-            config.mode != "budget-only" or bool(config.budgets),
+            config.mode != "budget-only" or bool(config.budgets) or config.macs_penalty is not None,
             "nothing to train to: give a target density (target or layer_targets), a penalty "
-            "or a compute budget (macs_target, params_target, latency_target)",
+            "(penalty or macs_penalty) or a compute budget (macs_target, params_target, "
+            "latency_target)",
         )
     )
     return checks
