@@ -9,8 +9,9 @@ Three sections, each printing one measured table (one CPU thread):
   purged MACs (and their miss against τ), the purged model's latency measured as a ratio to the
   dense model in this process, test error, time. Goal: purged MACs within ±0.02 of τ.
 * ``b``: constraints against penalties, counted: bisection (geometric, in a bracket) on the
-  density penalty coefficient until the purged MACs are within 0.01 of τ, against one
-  constrained run at τ: number of full trainings and their total wall time.
+  penalty coefficient of the expected MACs (``--penalize density``: of the expected density)
+  until the purged MACs are within 0.01 of τ, against one constrained run at τ: number of full
+  trainings and their total wall time.
 * ``c``: a latency budget: the latency model's accuracy on purged models at several keep levels
   (predicted against measured), then a run with ``latency_target`` (strict) and its purged
   model's measured latency ratio against the target. Goal: within 15 % (relative).
@@ -45,6 +46,9 @@ from l0_sparsity.training.config import TrainConfig
 from l0_sparsity.training.presets import get_preset
 from l0_sparsity.training.trainer import train
 
+PENALTY_FIELDS = {"macs": "macs_penalty", "density": "penalty"}
+"""The ``TrainConfig`` field that section b bisects, by ``--penalize``."""
+
 KEEP_LEVELS = (0.9, 0.7, 0.5, 0.3, 0.15)
 """Keep levels of the latency model's accuracy table (section c)."""
 
@@ -75,6 +79,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bisection-target", type=float, default=0.5, help="τ of section b")
     parser.add_argument("--bracket", type=_floats, default=[1e-2, 1e3], help="penalty bracket")
     parser.add_argument("--max-trainings", type=int, default=8, help="bisection's limit")
+    parser.add_argument(
+        "--penalize",
+        choices=sorted(PENALTY_FIELDS),
+        default="macs",
+        help="what section b's penalty multiplies: the expected MACs (default) or the density",
+    )
     parser.add_argument("--latency-target", type=float, default=0.5)
     parser.add_argument("--subset", type=int, default=None, help="training images")
     parser.add_argument("--test-subset", type=int, default=None, help="test images")
@@ -166,7 +176,11 @@ def section_b(
 ) -> None:
     """Bisection on the penalty coefficient against one constrained run, counted."""
     tau, tol = args.bisection_target, 0.01
-    print(f"\n(b) constraints vs penalties: purged MACs within {tol} of τ = {tau}", flush=True)
+    print(
+        f"\n(b) constraints vs penalties: purged MACs within {tol} of τ = {tau}, bisecting the "
+        f"{args.penalize} penalty",
+        flush=True,
+    )
     constrained = next(
         (o for o in done if o.label == "MACs, strict" and o.setting == f"τ={tau}"), None
     )
@@ -179,7 +193,10 @@ def section_b(
     trainings, seconds, found = 0, 0.0, None
     while trainings < args.max_trainings:
         penalty = math.sqrt(low * high)
-        config = base.replace(penalty=penalty, output_dir=f"{args.output_dir}/b_penalty{trainings}")
+        config = base.replace(
+            **{PENALTY_FIELDS[args.penalize]: penalty},
+            output_dir=f"{args.output_dir}/b_penalty{trainings}",
+        )
         outcome = run("penalty", f"λ={penalty:.4g}", config, meter)
         trainings, seconds = trainings + 1, seconds + outcome.seconds
         macs = outcome.final["purged_macs"]
