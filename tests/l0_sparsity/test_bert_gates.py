@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers
 from l0_helpers import OFF, ON, assert_all_off_costs_the_fixed_part, fill_gates, half_off
+from tiny_bert import tiny_bert
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -20,18 +21,6 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 EMBEDDINGS = "embeddings.*"  # left dense, acknowledged
-
-
-def _tiny_bert() -> transformers.BertModel:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    return transformers.BertModel(config).eval()
 
 
 def _embed(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,7 +53,7 @@ def _purge_and_check(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | N
 
 
 def test_heads_gate_the_out_projection_and_units_the_ffn_output():
-    model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
+    model = l0.sparsify(tiny_bert(), skip=EMBEDDINGS)
     layer = model.encoder.layer[0]
     assert isinstance(layer.attention.output.dense, HeadGatedLinear)
     assert layer.attention.output.dense.num_gates == 4
@@ -78,7 +67,7 @@ def test_heads_gate_the_out_projection_and_units_the_ffn_output():
 
 
 def test_gates_all_on_give_the_dense_model():
-    model = _tiny_bert()
+    model = tiny_bert()
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
     dense = _embed(model, ids)
     l0.sparsify(model, droprate_init=0.01, skip=EMBEDDINGS)
@@ -86,7 +75,7 @@ def test_gates_all_on_give_the_dense_model():
 
 
 def test_half_the_heads_and_units_off_purges_exactly_with_a_padding_mask():
-    model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
+    model = l0.sparsify(tiny_bert(), skip=EMBEDDINGS)
     half_off(model)
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 9, dtype=torch.long)
@@ -98,7 +87,7 @@ def test_half_the_heads_and_units_off_purges_exactly_with_a_padding_mask():
 
 
 def test_a_block_losing_all_heads_and_all_units_keeps_its_residual_path():
-    model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
+    model = l0.sparsify(tiny_bert(), skip=EMBEDDINGS)
     half_off(model)
     layer = model.encoder.layer[1]
     with torch.no_grad():
@@ -110,7 +99,7 @@ def test_a_block_losing_all_heads_and_all_units_keeps_its_residual_path():
 
 
 def test_expected_macs_scale_with_the_kept_heads_at_a_sequence_length():
-    model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS)
+    model = l0.sparsify(tiny_bert(), skip=EMBEDDINGS)
     fill_gates(model, ON)
     cost = ComputeCost(model, (1, 11))
     heads = model.encoder.layer[0].attention.output.dense
@@ -140,7 +129,7 @@ def test_minilm_gated_with_all_gates_on_keeps_its_embeddings(minilm):
 
 
 def test_unstructured_sparsify_leaves_the_blocks_to_input_gates():
-    model = l0.sparsify(_tiny_bert(), structured=False, skip=EMBEDDINGS)
+    model = l0.sparsify(tiny_bert(), structured=False, skip=EMBEDDINGS)
     layer = model.encoder.layer[0]
     assert isinstance(layer.attention.output.dense, L0Linear)
     assert isinstance(layer.intermediate.dense, L0Linear)
@@ -148,7 +137,7 @@ def test_unstructured_sparsify_leaves_the_blocks_to_input_gates():
 
 
 def test_head_gates_of_a_bert_block_learn():
-    model = l0.sparsify(_tiny_bert(), skip=EMBEDDINGS).train()
+    model = l0.sparsify(tiny_bert(), skip=EMBEDDINGS).train()
     ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(5))
     model(input_ids=ids).last_hidden_state.sum().backward()
     heads = model.encoder.layer[0].attention.output.dense
@@ -164,7 +153,7 @@ def test_a_bert_inside_a_wrapper_purges_and_measures_exactly():
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.bert(input_ids=ids).last_hidden_state.mean(1)
 
-    model = l0.sparsify(Pooled(_tiny_bert()), skip="bert.embeddings.*")
+    model = l0.sparsify(Pooled(tiny_bert()), skip="bert.embeddings.*")
     half_off(model, seed=6)
     ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(6))
     cost = ComputeCost(model, ids)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from tiny_bert import tiny_bert
 from torch import nn
 
 import l0_sparsity as l0
@@ -29,16 +30,7 @@ HEADS, UNITS = 4, 37
 
 
 def _tiny_bert() -> transformers.BertModel:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        intermediate_size=UNITS,
-        max_position_embeddings=32,
-    )
-    return transformers.BertModel(config).eval()
+    return tiny_bert(num_attention_heads=HEADS, intermediate_size=UNITS, max_position_embeddings=32)
 
 
 @torch.no_grad()

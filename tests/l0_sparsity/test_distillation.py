@@ -8,33 +8,14 @@ from pathlib import Path
 import onnxruntime
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from tiny_bert import gated_student, tiny_encoder
 
 from l0_sparsity.encoders import SentenceEncoder, export_encoder_onnx
 from l0_sparsity.encoders.distillation import DistillationProblem
 from l0_sparsity.encoders.training import DistillConfig, distill_minilm
-from l0_sparsity.nn import sparsify
 from l0_sparsity.purging import purge
 
 torch.set_num_threads(1)
-
-
-def tiny_encoder(seed: int = 0) -> SentenceEncoder:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    return SentenceEncoder(BertModel(config, add_pooling_layer=False).eval())
-
-
-def gated_student() -> SentenceEncoder:
-    return sparsify(tiny_encoder(), droprate_init=0.07, skip="encoder.embeddings.*")
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

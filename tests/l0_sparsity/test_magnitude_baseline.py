@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_bert import gated_student, tiny_encoder
 from torch.nn import functional as F
-from transformers import BertConfig, BertModel
 
 from l0_sparsity.encoders import (
     SentenceEncoder,
@@ -17,7 +17,7 @@ from l0_sparsity.encoders import (
 )
 from l0_sparsity.encoders.distillation import DistillationProblem
 from l0_sparsity.encoders.training import DistillConfig
-from l0_sparsity.nn import gated_layers, sparsify
+from l0_sparsity.nn import gated_layers
 from l0_sparsity.purging import purge
 
 torch.set_num_threads(1)
@@ -25,24 +25,6 @@ torch.set_num_threads(1)
 LENGTH = 16  # the budget's sequence length
 HEADS = "encoder.encoder.layer.{}.attention.output.dense"
 UNITS = "encoder.encoder.layer.{}.output.dense"
-
-
-def tiny_encoder(seed: int = 0) -> SentenceEncoder:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    return SentenceEncoder(BertModel(config, add_pooling_layer=False).eval())
-
-
-def gated_student(seed: int = 0) -> SentenceEncoder:
-    return sparsify(tiny_encoder(seed), droprate_init=0.07, skip="encoder.embeddings.*")
 
 
 def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
