@@ -26,7 +26,7 @@ This module imports no framework.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -209,6 +209,8 @@ class WrappedConstrainedOptimizer(torch.optim.Optimizer):
             TypeError: The wrapped optimizer has several primal optimizers: which one is meant
                 is unknown.
         """
+        if isinstance(param_group.get("params"), Iterator):  # read twice below: keep it
+            param_group = {**param_group, "params": list(param_group["params"])}
         self._refuse_multipliers(param_group)
         primal = self.constrained.primal_optimizers
         if len(primal) != 1:

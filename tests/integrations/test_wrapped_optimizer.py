@@ -113,12 +113,15 @@ def test_a_new_group_goes_to_the_primal_optimizer_and_never_holds_a_multiplier()
     primal = optimizer.constrained.primal_optimizers[0]
     assert optimizer.param_groups == primal.param_groups and len(primal.param_groups) == 2
     assert primal.param_groups[1]["momentum"] == 0.9  # the primal optimizer's default
+    generated = torch.nn.Parameter(torch.ones(1))
+    optimizer.add_param_group({"params": (p for p in [generated])})  # a generator, read once
+    assert primal.param_groups[2]["params"] == [generated]
     with pytest.raises(ValueError, match="holds 1 multiplier"):
         optimizer.add_param_group({"params": problem.budget.multiplier.weight})
     with pytest.raises(ValueError, match="holds 1 multiplier"):
         multiplier = problem.balance.multiplier.weight
         optimizer.param_groups = [*primal.param_groups, {"params": [multiplier]}]
-    assert len(primal.param_groups) == 2  # nothing changed
+    assert len(primal.param_groups) == 3  # nothing changed
 
 
 def _two_primal_optimizers() -> tuple:
