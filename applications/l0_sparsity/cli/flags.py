@@ -21,7 +21,7 @@ from l0_sparsity.data import DATASETS
 from l0_sparsity.models import MODELS
 from l0_sparsity.training.config import (
     AMP_MODES,
-    BUDGET_FIELDS,
+    COMPUTE_FIELDS,
     DEVICES,
     MODE_FIELDS,
     ON_NONFINITE,
@@ -168,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if modes:  # the preset's other modes would take precedence over the one asked for
         cleared = {"layer_targets": (), "penalty": None}
         changes = {**{k: v for k, v in cleared.items() if k != modes[0]}, **changes}
-    elif any(changes.get(name) is not None for name in (*BUDGET_FIELDS.values(), "macs_penalty")):
+    elif any(changes.get(name) is not None for name in COMPUTE_FIELDS):
         changes = {"target": None, "layer_targets": (), "penalty": None, **changes}
     return base.replace(**changes)
 

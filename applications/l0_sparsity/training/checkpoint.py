@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from l0_sparsity.training.config import BUDGET_FIELDS, MODE_FIELDS, constraint_mode
+from l0_sparsity.training.config import COMPUTE_FIELDS, MODE_FIELDS, constraint_mode
 
 if TYPE_CHECKING:
     from l0_sparsity.training.config import TrainConfig
@@ -210,9 +210,7 @@ def _problem_signature(settings: Mapping[str, Any]) -> tuple[Any, ...]:
     if mode == "layer-wise":
         value = tuple(value or ())
     budgets = tuple(
-        (name, settings[name])
-        for name in (*BUDGET_FIELDS.values(), "macs_penalty")
-        if settings.get(name) is not None
+        (name, settings[name]) for name in COMPUTE_FIELDS if settings.get(name) is not None
     )
     return (
         settings.get("model"),

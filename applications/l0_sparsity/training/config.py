@@ -39,6 +39,9 @@ BUDGET_FIELDS: Mapping[str, str] = {
     "latency": "latency_target",
 }
 """The field that holds each compute budget's target, by the budget's constraint name."""
+COMPUTE_FIELDS: tuple[str, ...] = (*BUDGET_FIELDS.values(), "macs_penalty")
+"""The fields of the compute terms: the budgets' targets and the MACs penalty. Each combines with
+any density mode; on the command line, given without a mode flag, it clears the preset's."""
 
 
 def constraint_mode(
