@@ -141,27 +141,20 @@ class L0Conv2d(GatedLayer):
         """
         if conv.padding_mode != "zeros":
             raise ValueError(f"only zero padding is supported, got {conv.padding_mode!r}")
-        layer = cls(
+        return cls._copy_of(
+            conv,
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            conv.stride,  # type: ignore[arg-type]
-            conv.padding,  # type: ignore[arg-type]
-            conv.dilation,  # type: ignore[arg-type]
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
             conv.groups,
-            conv.bias is not None,
             structured=structured,
             droprate_init=droprate_init,
             distribution=distribution,
             channels_per_gate=channels_per_gate,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None and layer.bias is not None:
-                layer.bias.copy_(conv.bias)
-        return layer.train(conv.training)
 
     @property
     def channels_per_gate(self) -> int:
