@@ -66,9 +66,9 @@ from l0_sparsity.encoders import (
 from l0_sparsity.encoders.training import (
     DistillConfig,
     DistillResult,
-    _training_data,
     distill_minilm,
     embed,
+    training_batches,
 )
 from l0_sparsity.nn import sparsify
 from l0_sparsity.purging import count_params, purge
@@ -145,7 +145,7 @@ def magnitude_baselines(
     _, tokenizer = load_minilm()
     heldout = split_sentences(help_topic_sentences()).heldout
     # The distillation's own batches: its sentences, length sort, batch size and truncation.
-    batches = _training_data(config, tokenizer, heldout, args.max_batches)
+    batches = training_batches(config, tokenizer, heldout, args.max_batches)
     tuned = copy.deepcopy(purged)
     finetuned = finetune_encoder(
         tuned, teacher, batches, config, progress=lambda line: print(f"  ft: {line}", flush=True)

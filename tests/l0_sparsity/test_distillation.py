@@ -10,9 +10,15 @@ import pytest
 import torch
 from tiny_bert import gated_student, tiny_encoder
 
-from l0_sparsity.encoders import SentenceEncoder, export_encoder_onnx
+from l0_sparsity.data.text import help_topic_sentences, split_sentences
+from l0_sparsity.encoders import SentenceEncoder, export_encoder_onnx, load_minilm
 from l0_sparsity.encoders.distillation import DistillationProblem
-from l0_sparsity.encoders.training import DistillConfig, distill_minilm
+from l0_sparsity.encoders.training import (
+    DistillConfig,
+    distill_minilm,
+    tokenized_batches,
+    training_batches,
+)
 from l0_sparsity.purging import purge
 
 torch.set_num_threads(1)
@@ -97,6 +103,23 @@ def test_the_purged_encoder_exports_to_onnx_with_its_mask(tmp_path: Path) -> Non
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (embeddings,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     torch.testing.assert_close(torch.from_numpy(embeddings), purged(ids, mask).detach())
+
+
+def test_training_batches_are_length_sorted_and_never_hold_a_heldout_sentence() -> None:
+    _, tokenizer = load_minilm()
+    split = split_sentences(help_topic_sentences())
+    config = DistillConfig(batch_size=16, max_length=512)
+    batches = training_batches(config, tokenizer, split.heldout)
+    expected = tokenized_batches(tokenizer, sorted(split.train, key=len), 16, 512)
+    assert len(batches) == len(expected)
+    for (ids, mask), (want_ids, want_mask) in zip(batches, expected, strict=True):
+        assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
+    assert not set(split.train) & set(split.heldout)
+    assert len(training_batches(config, tokenizer, split.heldout, max_batches=3)) == 3
+    with_docstrings = training_batches(
+        DistillConfig(batch_size=16, max_length=512, docstrings=True), tokenizer, split.heldout
+    )
+    assert sum(len(ids) for ids, _ in with_docstrings) > 5 * len(split.train)
 
 
 @pytest.mark.slow

@@ -27,7 +27,14 @@ from l0_sparsity.encoders.minilm import load_minilm
 from l0_sparsity.encoders.pooling import SentenceEncoder, mean_pool
 from l0_sparsity.nn import gate_parameters, sparsify, weight_parameters
 
-__all__ = ["DistillConfig", "DistillResult", "distill_minilm", "embed", "tokenized_batches"]
+__all__ = [
+    "DistillConfig",
+    "DistillResult",
+    "distill_minilm",
+    "embed",
+    "tokenized_batches",
+    "training_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -176,13 +183,39 @@ PROGRESS_EVERY = 100
 """Batches between two progress lines within an epoch."""
 
 
-def _training_data(
-    config: DistillConfig, tokenizer: Any, heldout: Sequence[str], max_batches: int | None
+def training_batches(
+    config: DistillConfig,
+    tokenizer: Any,
+    heldout: Sequence[str],
+    max_batches: int | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
-    """The training batches: sentences sorted by length (little padding), then batched.
+    """The distillation's training batches: sentences sorted by length, then tokenized in batches.
 
-    Each batch holds sentences of similar length, which cuts the padded tokens a step computes;
-    the batches' order is shuffled every epoch.
+    The help-topic training sentences, with the standard library's docstring sentences when
+    ``config.docstrings`` (never one of ``heldout``). Each batch holds sentences of similar
+    length, which cuts the padded tokens a step computes; :func:`distill_minilm` shuffles the
+    batches' order every epoch. A baseline that fine-tunes on the same data (as
+    ``benchmarks/minilm_budget.py`` does for magnitude pruning) takes its batches from here.
+
+    Args:
+        config: The run's settings (``docstrings``, ``batch_size``, ``max_length``).
+        tokenizer: The MiniLM tokenizer (:func:`~l0_sparsity.encoders.load_minilm`).
+        heldout: The held-out sentences, kept out of the training data.
+        max_batches: Keep only the first this many batches (the shortest sentences; a smoke
+            run).
+
+    Returns:
+        ``(token ids, attention mask)`` pairs, shortest sentences first.
+
+    Example:
+        >>> from l0_sparsity.data.text import help_topic_sentences, split_sentences
+        >>> from l0_sparsity.encoders import load_minilm
+        >>> _, tokenizer = load_minilm()
+        >>> heldout = split_sentences(help_topic_sentences()).heldout
+        >>> config = DistillConfig(docstrings=False, batch_size=8)
+        >>> ids, mask = training_batches(config, tokenizer, heldout, max_batches=2)[0]
+        >>> ids.shape[0]
+        8
     """
     split = split_sentences(help_topic_sentences())
     sentences = list(split.train)
@@ -284,7 +317,7 @@ def distill_minilm(
     teacher = SentenceEncoder(teacher_bert).requires_grad_(False).eval()
     heldout_sentences = split_sentences(help_topic_sentences()).heldout
     heldout = tokenized_batches(tokenizer, heldout_sentences, config.batch_size, config.max_length)
-    train = _training_data(config, tokenizer, heldout_sentences, max_batches)
+    train = training_batches(config, tokenizer, heldout_sentences, max_batches)
     targets = _teacher_targets(teacher, train, with_tokens=config.token_weight > 0)
     student = _student(teacher, config)
     budget = (
