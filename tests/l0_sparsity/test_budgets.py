@@ -133,6 +133,52 @@ def test_the_budgets_gradient_reaches_the_gates(lenet):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gate_parameters(lenet))
 
 
+@pytest.mark.parametrize(
+    ("purged", "tolerance", "strict"),
+    [(0.52, 0.01, 0.02), (0.495, 0.01, 0.0), (0.4905, 0.01, 0.0), (0.48, 0.01, -0.02),
+     (0.495, 0.0, -0.005), (0.5, 0.01, 0.0)],
+)  # fmt: skip
+def test_a_strict_budget_holds_its_multiplier_within_the_tolerance_below_it(
+    lenet, monkeypatch, purged, tolerance, strict
+):
+    problem = SparsityProblem(
+        lenet, macs_target=0.5, example_input=SHAPE, strict_budgets=True,
+        budget_tolerance=tolerance,
+    )  # fmt: skip
+    monkeypatch.setattr(problem._measures, "strict_value", lambda name: purged)
+    state = problem.evaluate(*batch())
+    value = state.constraints[problem.macs]
+    assert isinstance(value, conopt.ConstraintState)
+    assert float(value.strict_value) == pytest.approx(strict, abs=1e-6)
+    # The expected fraction still drives the gates, whatever the strict value.
+    assert float(value.value.detach()) == pytest.approx(float(state.extras["macs"]) - 0.5)
+
+
+def test_the_budget_tolerance_holds_the_multiplier_and_keeps_it_from_restarting(lenet, monkeypatch):
+    problem = SparsityProblem(lenet, macs_target=0.5, example_input=SHAPE, strict_budgets=True)
+    optimizer = conopt.optim.SimultaneousGDA(
+        problem, primal=torch.optim.SGD(lenet.parameters(), lr=0.0),
+        dual=torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True),
+        dual_restarts=True,
+    )  # fmt: skip
+    monkeypatch.setattr(problem._measures, "strict_value", lambda name: 0.6)
+    optimizer.step(lambda: problem.evaluate(*batch()))
+    held = float(problem.macs.multiplier.weight.detach())
+    assert held == pytest.approx(0.1)
+    monkeypatch.setattr(problem._measures, "strict_value", lambda name: 0.495)  # on the budget
+    optimizer.step(lambda: problem.evaluate(*batch()))
+    assert float(problem.macs.multiplier.weight.detach()) == held
+    monkeypatch.setattr(problem._measures, "strict_value", lambda name: 0.45)  # well under it
+    optimizer.step(lambda: problem.evaluate(*batch()))
+    assert float(problem.macs.multiplier.weight.detach()) == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.0])
+def test_a_budget_tolerance_outside_zero_one_is_refused(lenet, bad):
+    with pytest.raises(ValueError, match="budget_tolerance must be in"):
+        SparsityProblem(lenet, macs_target=0.5, example_input=SHAPE, budget_tolerance=bad)
+
+
 def test_the_measures_are_fractions_of_the_dense_model(lenet):
     problem = SparsityProblem(lenet, target=0.5, example_input=SHAPE)
     cost = problem.compute_cost
@@ -244,6 +290,18 @@ def test_cli_budget_below_the_floor_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "is below the floor" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_budget_tolerance_reaches_the_problem_and_is_checked(tmp_path, capsys):
+    argv = smoke_cli(tmp_path / "bad", "--macs-target", "0.5", "--budget-tolerance", "1.5")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "budget_tolerance must be in [0, 1)" in err
+    config = SMOKE.replace(
+        output_dir=str(tmp_path / "run"), target=None, macs_target=0.9, strict_budgets=True,
+        budget_tolerance=0.05,
+    )  # fmt: skip
+    assert train(config).problem.budget_tolerance == 0.05
 
 
 def test_resume_restores_the_budget_multipliers_bit_for_bit(tmp_path):

@@ -62,6 +62,9 @@ class DistillConfig:
         strict_budgets: Let the purged model's MACs (at the test-time gates) drive the
             multiplier, the expected MACs the gates (see
             :class:`~l0_sparsity.problem.SparsityProblem`).
+        budget_tolerance: With strict budgets, how far under the budget the purged encoder
+            still counts as on it: the multiplier holds instead of restarting (0: plain
+            restarts; see :class:`~l0_sparsity.problem.SparsityProblem`).
         token_weight: Weight of the token-level cosine distance between the student's and the
             teacher's last hidden states (see
             :class:`~l0_sparsity.encoders.distillation.DistillationProblem`; 0: sentence
@@ -88,6 +91,7 @@ class DistillConfig:
     droprate_init: float = 0.07
     dual_restarts: bool = True
     strict_budgets: bool = True
+    budget_tolerance: float = 0.01
     token_weight: float = 0.0
     docstrings: bool = False
     student_dropout: float | None = 0.0
@@ -321,7 +325,11 @@ def distill_minilm(
     targets = _teacher_targets(teacher, train, with_tokens=config.token_weight > 0)
     student = _student(teacher, config)
     budget = (
-        {"macs_target": config.macs_target, "strict_budgets": config.strict_budgets}
+        {
+            "macs_target": config.macs_target,
+            "strict_budgets": config.strict_budgets,
+            "budget_tolerance": config.budget_tolerance,
+        }
         if config.macs_penalty is None
         else {"macs_penalty": config.macs_penalty}
     )

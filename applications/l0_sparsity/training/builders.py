@@ -105,6 +105,7 @@ def make_problem(
         "weight_decay": config.weight_decay,
         "example_input": example_input,
         "strict_budgets": config.strict_budgets,
+        "budget_tolerance": config.budget_tolerance,
         "macs_penalty": config.macs_penalty,
         **{f"{name}_target": value for name, value in config.budgets.items()},
     }

@@ -108,9 +108,7 @@ class TrainConfig:
         penalty: Penalized baseline coefficient (no constraint) when set. Excludes
             ``layer_targets``.
         macs_penalty: The penalized compute baseline: this coefficient times the expected MACs
-            (a fraction of the dense model's) is added to the loss, no constraint. It combines
-            like ``macs_target``; on the command line, given without a mode flag, it clears the
-            preset's density mode.
+            fraction is added to the loss, no constraint. It combines like ``macs_target``.
         macs_target: Budget on the purged model's MACs per example, as a fraction of the dense
             model's (a constraint on their expectation over the gates). It combines with the
             density mode and with ``params_target``; on the command line a budget flag given
@@ -127,6 +125,8 @@ class TrainConfig:
         strict_budgets: Make the budgets proxy constraints: their multipliers follow the
             purged model's fractions at the test-time gates, their expectations drive the
             gates (closes the gap between expected and purged MACs).
+        budget_tolerance: With strict budgets, how far under a budget the purged model still
+            counts as on it (the multiplier holds instead of restarting; 0: plain restarts).
         dual_restarts: Reset multipliers of satisfied constraints (Gallego-Posada et al., 2022).
         seed: Seed of initialization, data order and gate noise.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
@@ -185,6 +185,7 @@ class TrainConfig:
     params_target: float | None = None
     latency_target: float | None = None
     strict_budgets: bool = False
+    budget_tolerance: float = 0.01
     dual_restarts: bool = True
     seed: int = 0
     device: str = "auto"
@@ -335,6 +336,8 @@ def _budget_checks(config: TrainConfig) -> list[tuple[bool, str]]:
         )
         for value in [getattr(config, field)]
     ]
+    tolerance = config.budget_tolerance
+    checks.append((0 <= tolerance < 1, f"budget_tolerance must be in [0, 1), got {tolerance}"))
     checks.append(
         (
             config.mode != "budget-only" or bool(config.budgets) or config.macs_penalty is not None,
