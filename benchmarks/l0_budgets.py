@@ -7,7 +7,13 @@ Three sections, each printing one measured table (one CPU thread):
   follows the purged MACs at the test-time gates (``strict``, ``strict_budgets=True``); then
   density constraints at ε = τ. One table, side by side: expected density, purged parameters,
   purged MACs (and their miss against τ), the purged model's latency measured as a ratio to the
-  dense model in this process, test error, time. Goal: purged MACs within ±0.02 of τ.
+  dense model in this process, test error, time. Goal: purged MACs within ±0.02 of τ. Then,
+  for the comparison at equal compute, the density target whose purged MACs land within 0.02
+  of τ, found by geometric bisection on ε in ``--matched-bracket`` (at most
+  ``--matched-trainings`` trainings; the row says how many it took). Goal: the strict budget's
+  test error within 1 point of that run's. The last column, ``settled``, is the fraction of
+  the second half's evaluations within ±0.02 of τ. ``--rows strict`` (any of ``expected``,
+  ``strict``, ``density``, ``matched``) trains only those runs: a sweep over ``--macs-targets``.
 * ``b``: constraints against penalties, counted: bisection (geometric, in a bracket) on the
   penalty coefficient of the expected MACs (``--penalize density``: of the expected density)
   until the purged MACs are within 0.01 of τ, against one constrained run at τ: number of full
@@ -18,8 +24,9 @@ Three sections, each printing one measured table (one CPU thread):
 
 Run::
 
-    python benchmarks/l0_budgets.py [--preset mnist_lenet5] [--epochs 200] [--sections a,b,c]
-        [--macs-targets 0.25,0.5] [--latency-target 0.5] [--max-trainings 8] [--quick]
+    python benchmarks/l0_budgets.py [--preset mnist_lenet5] [--epochs 120] [--dual-lr 0.05]
+        [--sections a,b,c] [--macs-targets 0.25,0.5] [--rows expected,strict,density,matched]
+        [--latency-target 0.5] [--max-trainings 8] [--matched-trainings 4] [--quick]
 
 ``--preset fashion_resnet18`` runs the same tables on the CIFAR ResNet-18 with a Fashion-MNIST
 subset (the preset's subset and epochs unless given).
@@ -49,13 +56,24 @@ from l0_sparsity.training.trainer import train
 PENALTY_FIELDS = {"macs": "macs_penalty", "density": "penalty"}
 """The ``TrainConfig`` field that section b bisects, by ``--penalize``."""
 
+BAND = 0.02
+"""The goal: purged MACs within ``BAND`` of the budget."""
+
+ROWS = ("expected", "strict", "density", "matched")
+"""The kinds of run section a can train (``--rows``)."""
+
 KEEP_LEVELS = (0.9, 0.7, 0.5, 0.3, 0.15)
 """Keep levels of the latency model's accuracy table (section c)."""
 
 
 @dataclass
 class Outcome:
-    """One full training: final metrics, latency ratio (measured, predicted) and wall time."""
+    """One full training: final metrics, latency ratio (measured, predicted) and wall time.
+
+    ``settled``: with a MACs budget, the fraction of the second half's evaluations whose purged
+    MACs are within :data:`BAND` of it (how steadily the run holds its budget, not only where
+    its last epoch happens to land).
+    """
 
     label: str
     setting: str
@@ -63,6 +81,7 @@ class Outcome:
     latency: float
     predicted: float
     seconds: float
+    settled: float = math.nan
 
 
 def _floats(text: str) -> list[float]:
@@ -74,11 +93,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mnist_lenet5", help="the preset to train")
     parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--dual-lr", type=float, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--budget-tolerance", type=float, default=None, help="default: the preset's"
+    )
     parser.add_argument("--sections", default="a,b,c", help="which tables: a, b, c")
     parser.add_argument("--macs-targets", type=_floats, default=[0.25, 0.5])
+    parser.add_argument(
+        "--rows",
+        type=lambda text: [r for r in text.split(",") if r],
+        default=list(ROWS),
+        help=f"section a's kinds of run, any of {','.join(ROWS)}",
+    )
     parser.add_argument("--bisection-target", type=float, default=0.5, help="τ of section b")
     parser.add_argument("--bracket", type=_floats, default=[1e-2, 1e3], help="penalty bracket")
     parser.add_argument("--max-trainings", type=int, default=8, help="bisection's limit")
+    parser.add_argument(
+        "--matched-bracket", type=_floats, default=[0.005, 0.5], help="ε bracket of section a"
+    )
+    parser.add_argument(
+        "--matched-trainings", type=int, default=4, help="section a's ε bisection limit (0: none)"
+    )
     parser.add_argument(
         "--penalize",
         choices=sorted(PENALTY_FIELDS),
@@ -91,19 +126,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="runs/l0_budgets")
     parser.add_argument("--quick", action="store_true", help="1 epoch, 512 images, one τ")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.rows) - set(ROWS))
+    if unknown:
+        parser.error(f"--rows: unknown {', '.join(unknown)} (choose from {', '.join(ROWS)})")
     if args.quick:
         args.epochs, args.subset, args.test_subset = 1, 512, 256
-        args.macs_targets, args.max_trainings = [0.5], 2
+        args.macs_targets, args.max_trainings, args.matched_trainings = [0.5], 2, 1
         args.latency_target = 0.9
     return args
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
-    """The preset on one CPU thread, without density target (``--epochs``, subsets if given)."""
+    """The preset on one CPU thread, without density target (overrides given on the line)."""
     preset = get_preset(args.preset)
     given = {
         name: getattr(args, name)
-        for name in ("epochs", "subset", "test_subset")
+        for name in ("epochs", "dual_lr", "budget_tolerance", "subset", "test_subset")
         if getattr(args, name) is not None
     }
     return preset.replace(
@@ -133,7 +171,12 @@ def run(label: str, setting: str, config: TrainConfig, meter: LatencyModel) -> O
     latency = meter.measured_fraction(result.model)
     own = result.problem.latency_model
     predicted = own.test_fraction() if own is not None else math.nan
-    return Outcome(label, setting, result.final, latency, predicted, seconds)
+    settled = math.nan
+    if config.macs_target is not None:
+        late = result.history[len(result.history) // 2 :]
+        held = [abs(row["purged_macs"] - config.macs_target) <= BAND for row in late]
+        settled = sum(held) / len(held)
+    return Outcome(label, setting, result.final, latency, predicted, seconds, settled)
 
 
 def _row(outcome: Outcome, tau: float | None) -> str:
@@ -143,7 +186,62 @@ def _row(outcome: Outcome, tau: float | None) -> str:
         f"{outcome.label:<18}{outcome.setting:<10}{final['expected_density']:>9.3f}"
         f"{final['purged_params']:>9.3f}{final['purged_macs']:>9.3f}{miss:>+9.3f}"
         f"{outcome.latency:>9.3f}{100 * final['test_error']:>8.2f}%{outcome.seconds:>7.0f}s"
+        f"{outcome.settled:>9.2f}"
     )
+
+
+@dataclass
+class Bisection:
+    """A geometric bisection of one setting until the purged MACs are within ``tolerance`` of τ.
+
+    Attributes:
+        label: The runs' label in the tables.
+        field: The ``TrainConfig`` field bisected.
+        bracket: ``(low, high)`` of the setting.
+        rising: Whether the purged MACs grow with the setting (a density target) or fall (a
+            penalty).
+        tau: The MACs target.
+        tolerance: How close the purged MACs must come.
+        limit: The most trainings.
+    """
+
+    label: str
+    field: str
+    bracket: tuple[float, float]
+    rising: bool
+    tau: float
+    tolerance: float
+    limit: int
+
+    def run(
+        self, base: TrainConfig, meter: LatencyModel, output_dir: str
+    ) -> tuple[Outcome | None, int, float]:
+        """Train until a setting lands (or the limit), printing each try.
+
+        Returns:
+            The run that landed (``None`` if none did), the trainings and their total seconds.
+        """
+        low, high = self.bracket
+        trainings, seconds = 0, 0.0
+        while trainings < self.limit:
+            value = math.sqrt(low * high)
+            config = base.replace(
+                **{self.field: value}, output_dir=f"{output_dir}/{self.field}{trainings}"
+            )
+            outcome = run(self.label, f"{self.field}={value:.4g}", config, meter)
+            trainings, seconds = trainings + 1, seconds + outcome.seconds
+            macs = outcome.final["purged_macs"]
+            print(
+                f"  bisection {trainings}: {self.field} = {value:.4g} -> purged MACs {macs:.3f}",
+                flush=True,
+            )
+            if abs(macs - self.tau) <= self.tolerance:
+                return outcome, trainings, seconds
+            if (macs > self.tau) == self.rising:
+                high = value
+            else:
+                low = value
+        return None, trainings, seconds
 
 
 def section_a(args: argparse.Namespace, base: TrainConfig, meter: LatencyModel) -> list[Outcome]:
@@ -151,24 +249,58 @@ def section_a(args: argparse.Namespace, base: TrainConfig, meter: LatencyModel) 
     print(f"\n(a) MACs budgets vs density targets, {args.preset} (fractions of the dense model)")
     print(
         f"{'run':<18}{'setting':<10}{'density':>9}{'params':>9}{'MACs':>9}{'MACs-τ':>9}"
-        f"{'latency':>9}{'test err':>9}{'time':>8}",
+        f"{'latency':>9}{'test err':>9}{'time':>8}{'settled':>9}",
         flush=True,
     )
     outcomes = []
     out = Path(args.output_dir)
+    modes = [strict for strict, row in ((False, "expected"), (True, "strict")) if row in args.rows]
     for tau in args.macs_targets:
-        for strict in (False, True):
+        for strict in modes:
             label = "MACs, strict" if strict else "MACs, expected"
             config = base.replace(
                 macs_target=tau, strict_budgets=strict, output_dir=str(out / f"macs{tau}{strict}")
             )
             outcomes.append(run(label, f"τ={tau}", config, meter))
             print(_row(outcomes[-1], tau), flush=True)
-    for eps in args.macs_targets:
+    for eps in args.macs_targets if "density" in args.rows else []:
         config = base.replace(target=eps, output_dir=str(out / f"density{eps}"))
         outcomes.append(run("density", f"ε={eps}", config, meter))
         print(_row(outcomes[-1], eps), flush=True)
+    if args.matched_trainings > 0 and "matched" in args.rows:
+        outcomes += _matched_densities(args, base, meter, outcomes)
     return outcomes
+
+
+def _matched_densities(
+    args: argparse.Namespace, base: TrainConfig, meter: LatencyModel, done: list[Outcome]
+) -> list[Outcome]:
+    """For each τ, the density run at the same purged MACs, against the strict budget's error."""
+    print("\n(a') density targets bisected to the budgets' purged MACs (±0.02)", flush=True)
+    low, high = args.matched_bracket
+    matched = []
+    for tau in args.macs_targets:
+        bisection = Bisection(
+            "density, matched", "target", (low, high), True, tau, 0.02, args.matched_trainings
+        )
+        found, trainings, seconds = bisection.run(base, meter, f"{args.output_dir}/matched{tau}")
+        strict = next(
+            (o for o in done if o.label == "MACs, strict" and o.setting == f"τ={tau}"), None
+        )
+        if found is None:
+            print(f"  τ={tau}: no ε in [{low}, {high}] landed in {trainings} trainings")
+            continue
+        matched.append(found)
+        print(_row(found, tau))
+        if strict is None:
+            continue
+        gap = 100 * (strict.final["test_error"] - found.final["test_error"])
+        print(
+            f"  τ={tau}: {trainings} trainings ({seconds:.0f}s); strict budget's test error "
+            f"{gap:+.2f} points from it ({'within' if gap <= 1 else 'not within'} 1 point)",
+            flush=True,
+        )
+    return matched
 
 
 def section_b(
@@ -190,21 +322,9 @@ def section_b(
         )
         constrained = run("MACs, strict", f"τ={tau}", config, meter)
     low, high = args.bracket
-    trainings, seconds, found = 0, 0.0, None
-    while trainings < args.max_trainings:
-        penalty = math.sqrt(low * high)
-        config = base.replace(
-            **{PENALTY_FIELDS[args.penalize]: penalty},
-            output_dir=f"{args.output_dir}/b_penalty{trainings}",
-        )
-        outcome = run("penalty", f"λ={penalty:.4g}", config, meter)
-        trainings, seconds = trainings + 1, seconds + outcome.seconds
-        macs = outcome.final["purged_macs"]
-        print(f"  bisection {trainings}: λ = {penalty:.4g} -> purged MACs {macs:.3f}", flush=True)
-        if abs(macs - tau) <= tol:
-            found = outcome
-            break
-        low, high = (penalty, high) if macs > tau else (low, penalty)
+    field = PENALTY_FIELDS[args.penalize]
+    bisection = Bisection("penalty", field, (low, high), False, tau, tol, args.max_trainings)
+    found, trainings, seconds = bisection.run(base, meter, f"{args.output_dir}/b")
     print(f"{'method':<26}{'trainings':>10}{'wall time':>11}{'purged MACs':>13}{'met':>6}")
     miss = abs(constrained.final["purged_macs"] - tau) <= tol
     print(

@@ -12,5 +12,6 @@ def test_the_quick_run_prints_every_table(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "(a) MACs budgets vs density targets" in out
     assert "MACs, strict" in out and "density" in out
+    assert "(a') density targets bisected to the budgets' purged MACs" in out
     assert "(b) constraints vs penalties" in out and "penalty bisection" in out
     assert "(c) latency model" in out and "rel. miss" in out
