@@ -137,6 +137,12 @@ def _parse(argv: Sequence[str] | None, preset: TrainConfig) -> argparse.Namespac
         help="the MACs budget as a proxy constraint on the purged MACs (the preset's default)",
     )
     parser.add_argument(
+        "--budget-tolerance",
+        type=float,
+        default=preset.budget_tolerance,
+        help="how far under the strict budget its multiplier holds (0: plain restarts)",
+    )
+    parser.add_argument(
         "--dataset",
         default=preset.dataset,
         choices=("fashion_mnist", "mnist5k"),
@@ -165,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         dual_lr=args.dual_lr,
         dataset=args.dataset,
         strict_budgets=args.strict_budgets,
+        budget_tolerance=args.budget_tolerance,
     )
     torch.set_num_threads(args.threads)
     torch.manual_seed(config.seed)
