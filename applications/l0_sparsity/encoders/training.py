@@ -214,6 +214,7 @@ def training_batches(
     Example:
         >>> from l0_sparsity.data.text import help_topic_sentences, split_sentences
         >>> from l0_sparsity.encoders import load_minilm
+        >>> from l0_sparsity.encoders.training import DistillConfig, training_batches
         >>> _, tokenizer = load_minilm()
         >>> heldout = split_sentences(help_topic_sentences()).heldout
         >>> config = DistillConfig(docstrings=False, batch_size=8)
