@@ -272,6 +272,11 @@ def section_a(args: argparse.Namespace, base: TrainConfig, meter: LatencyModel) 
     return outcomes
 
 
+def _strict_run(done: list[Outcome], tau: float) -> Outcome | None:
+    """The strict-budget run at ``tau`` among ``done``, if section a trained one."""
+    return next((o for o in done if o.label == "MACs, strict" and o.setting == f"τ={tau}"), None)
+
+
 def _matched_densities(
     args: argparse.Namespace, base: TrainConfig, meter: LatencyModel, done: list[Outcome]
 ) -> list[Outcome]:
@@ -284,9 +289,7 @@ def _matched_densities(
             "density, matched", "target", (low, high), True, tau, 0.02, args.matched_trainings
         )
         found, trainings, seconds = bisection.run(base, meter, f"{args.output_dir}/matched{tau}")
-        strict = next(
-            (o for o in done if o.label == "MACs, strict" and o.setting == f"τ={tau}"), None
-        )
+        strict = _strict_run(done, tau)
         if found is None:
             print(f"  τ={tau}: no ε in [{low}, {high}] landed in {trainings} trainings")
             continue
@@ -313,9 +316,7 @@ def section_b(
         f"{args.penalize} penalty",
         flush=True,
     )
-    constrained = next(
-        (o for o in done if o.label == "MACs, strict" and o.setting == f"τ={tau}"), None
-    )
+    constrained = _strict_run(done, tau)
     if constrained is None:
         config = base.replace(
             macs_target=tau, strict_budgets=True, output_dir=f"{args.output_dir}/b_constrained"
